@@ -1,0 +1,117 @@
+"""The namespace interface both L2 backends implement (embedded file store and Cloudflare REST).
+
+It mirrors Cloudflare Workers KV's own operations so the cache code is written once against KV's
+real semantics (absolute expirations, metadata, prefix listing with cursors, bulk calls).
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+
+
+class KVError(Exception):
+    """A namespace operation failed; ``code`` is Cloudflare's error code where one applies."""
+
+    def __init__(self, message: str, code: Optional[int] = None, status: Optional[int] = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class KVPair:
+    """One value to write; ``expiration`` is absolute unix seconds, ``expiration_ttl`` relative."""
+
+    key: str
+    value: bytes
+    expiration: Optional[int] = None
+    expiration_ttl: Optional[int] = None
+    metadata: Optional[Mapping[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A listed key, as KV's ``list`` returns it."""
+
+    name: str
+    expiration: Optional[int] = None
+    metadata: Optional[Mapping[str, Any]] = None
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a prefix listing; ``cursor`` is empty/None on the last page."""
+
+    keys: List[KeyInfo] = field(default_factory=list)
+    cursor: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ValueWithMetadata:
+    value: bytes
+    metadata: Optional[Mapping[str, Any]] = None
+    expiration: Optional[int] = None
+
+
+class KVNamespace(abc.ABC):
+    """Operations of one Workers KV namespace. Keys are str, values bytes."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> Optional[bytes]:
+        """The value, or None when the key is missing or expired."""
+
+    @abc.abstractmethod
+    def get_with_metadata(self, key: str) -> Optional[ValueWithMetadata]:
+        """Value plus metadata and expiration, or None when missing."""
+
+    @abc.abstractmethod
+    def put(self, key: str, value: bytes, *, expiration: Optional[int] = None,
+            expiration_ttl: Optional[int] = None,
+            metadata: Optional[Mapping[str, Any]] = None) -> None:
+        """Write one value (replacing value, expiry and metadata together)."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def bulk_put(self, pairs: Sequence[KVPair]) -> List[str]:
+        """Write many pairs (chunked to KV's bulk limit); returns the keys that were NOT written."""
+
+    @abc.abstractmethod
+    def bulk_delete(self, keys: Sequence[str]) -> List[str]:
+        """Delete many keys (chunked to KV's bulk limit); returns the keys that were NOT deleted."""
+
+    @abc.abstractmethod
+    def bulk_get(self, keys: Sequence[str]) -> Dict[str, Optional[bytes]]:
+        """Read many keys; missing ones map to None."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:
+        """One page of keys starting with ``prefix``, in lexicographic order."""
+
+    def list_all(self, prefix: str = "", limit: int = 1000) -> Iterator[KeyInfo]:
+        """Every key under ``prefix``, following cursors until the last page."""
+        cursor: Optional[str] = None
+        while True:
+            page = self.list(prefix, limit=limit, cursor=cursor)
+            yield from page.keys
+            if not page.cursor:
+                return
+            cursor = page.cursor
+
+    def close(self) -> None:
+        """Release resources (connections, files); the default holds none."""
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[List[Any]]:
+    """Split ``items`` into lists of at most ``size``."""
+    batch: List[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,37 @@
+"""Packaging for peewee_kvcache: every runtime dependency is declared here."""
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as fh:
+    LONG_DESCRIPTION = fh.read()
+
+POSTGRES = ["psycopg2-binary>=2.9"]
+MYSQL = ["pymysql>=1.0"]
+
+setup(
+    name="peewee_kvcache",
+    version="0.1.0",
+    description="Two-level (diskcache + Cloudflare Workers KV) query cache for the Peewee ORM "
+    "with transaction-aware invalidation",
+    long_description=LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["peewee_kvcache", "peewee_kvcache.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "peewee>=3.17",
+        "requests>=2.28",
+        "diskcache>=5.6",
+        "sqlglot>=25.0",
+        "msgpack>=1.0",
+        "platformdirs>=3.0",
+    ],
+    extras_require={
+        "postgres": POSTGRES,
+        "mysql": MYSQL,
+        "test": POSTGRES + MYSQL + ["pytest>=7", "freezegun>=1.2", "pytest-timeout>=2.1"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Peewee",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
