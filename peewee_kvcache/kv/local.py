@@ -1,0 +1,209 @@
+"""LocalKVNamespace: Workers KV's semantics in one SQLite file, for a single host and for tests.
+
+Processes and threads may share one directory: SQLite in WAL mode lets readers run beside a writer;
+writers take the write lock up front (BEGIN IMMEDIATE) so they queue on the busy timeout instead of
+failing on a lock upgrade; each thread (and each forked process) gets its own connection.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+from . import limits
+from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
+
+# Keys are stored as their UTF-8 bytes so SQLite's memcmp order is KV's byte order and a prefix
+# range is a plain index range.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,"
+    " expiration INTEGER, metadata TEXT)",
+    "CREATE INDEX IF NOT EXISTS kv_expiration ON kv (expiration) WHERE expiration IS NOT NULL",
+)
+_LIVE = "(expiration IS NULL OR expiration > ?)"
+_UPSERT = "INSERT OR REPLACE INTO kv (key, value, expiration, metadata) VALUES (?, ?, ?, ?)"
+
+
+def _metadata(text: Optional[str]) -> Optional[Mapping[str, Any]]:
+    return None if text is None else json.loads(text)
+
+
+def _prefix_end(prefix: bytes) -> Optional[bytes]:
+    """Smallest byte string above every key starting with ``prefix`` (UTF-8 never has 0xFF)."""
+    return prefix[:-1] + bytes([prefix[-1] + 1]) if prefix else None
+
+
+def _encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode("ascii")
+
+
+def _decode_cursor(cursor: Any) -> bytes:
+    """The last key of the previous page; anything we did not issue is rejected like KV does."""
+    try:
+        key = base64.urlsafe_b64decode(cursor.encode("ascii"))
+        if _encode_cursor(key) == cursor:
+            return key
+    except (AttributeError, UnicodeEncodeError, binascii.Error):
+        pass
+    raise KVError("Invalid list cursor.", limits.ERR_INVALID_CURSOR, 400)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Surface SQLite failures (e.g. a lock held past the busy timeout) as KVError, like KV's."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise KVError(f"local KV store failed: {exc}") from exc
+
+
+class LocalKVNamespace(KVNamespace):
+    """A KV namespace kept in ``<directory>/kv.sqlite3``; every KV limit is enforced."""
+
+    def __init__(self, directory: Union[str, "os.PathLike[str]"], *,
+                 busy_timeout: float = 30.0) -> None:
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self._path = os.path.join(self.directory, "kv.sqlite3")
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._connections: Dict[int, sqlite3.Connection] = {}
+        self._inherited: List[sqlite3.Connection] = []
+        self._closed = False
+        with self._write() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"LocalKVNamespace({self.directory!r})"
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        with self._lock:
+            if self._closed:
+                raise KVError(f"{self!r} is closed")
+            if os.getpid() != self._pid:
+                # SQLite handles must not cross fork(); closing them in the child could checkpoint
+                # or remove the parent's WAL, so they are kept unreferenced-but-alive instead.
+                self._inherited.extend(self._connections.values())
+                self._connections, self._pid = {}, os.getpid()
+            conn = self._connections.get(threading.get_ident())
+            if conn is None:
+                conn = sqlite3.connect(self._path, timeout=self._busy_timeout,
+                                       isolation_level=None, check_same_thread=False)
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._connections[threading.get_ident()] = conn
+            return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; it also purges expired entries, so expiry needs no sweeper."""
+        with _store_errors():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("DELETE FROM kv WHERE expiration <= ?", (time.time(),))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any]) -> List[tuple]:
+        with _store_errors():
+            return self._connection().execute(sql, params).fetchall()
+
+    def get(self, key: str) -> Optional[bytes]:
+        found = self.get_with_metadata(key)
+        return None if found is None else found.value
+
+    def get_with_metadata(self, key: str) -> Optional[ValueWithMetadata]:
+        rows = self._read(f"SELECT value, metadata, expiration FROM kv WHERE key = ? AND {_LIVE}",
+                          (limits.validate_key(key), time.time()))
+        if not rows:
+            return None
+        value, metadata, expiration = rows[0]
+        return ValueWithMetadata(value, _metadata(metadata), expiration)
+
+    def put(self, key: str, value: bytes, *, expiration: Optional[int] = None,
+            expiration_ttl: Optional[int] = None,
+            metadata: Optional[Mapping[str, Any]] = None) -> None:
+        checked = limits.validate_put(key, value, expiration=expiration,
+                                      expiration_ttl=expiration_ttl, metadata=metadata,
+                                      now=time.time())
+        with self._write() as conn:
+            conn.execute(_UPSERT, checked)
+
+    def delete(self, key: str) -> None:
+        self.bulk_delete([key])
+
+    def bulk_put(self, pairs: Sequence[KVPair]) -> List[str]:
+        """All pairs are checked before any is written, so one bad pair writes nothing."""
+        now = time.time()
+        rows = [limits.validate_put(p.key, p.value, expiration=p.expiration,
+                                    expiration_ttl=p.expiration_ttl, metadata=p.metadata, now=now)
+                for p in pairs]
+        for chunk in chunked(rows, limits.BULK_WRITE_MAX_ITEMS):
+            with self._write() as conn:
+                conn.executemany(_UPSERT, chunk)
+        return []
+
+    def bulk_delete(self, keys: Sequence[str]) -> List[str]:
+        encoded = [(limits.validate_key(key),) for key in keys]
+        for chunk in chunked(encoded, limits.BULK_DELETE_MAX_ITEMS):
+            with self._write() as conn:
+                conn.executemany("DELETE FROM kv WHERE key = ?", chunk)
+        return []
+
+    def bulk_get(self, keys: Sequence[str]) -> Dict[str, Optional[bytes]]:
+        """Read in groups of KV's per-request maximum (which also keeps SQL parameters few)."""
+        encoded = {limits.validate_key(key): key for key in keys}
+        found: Dict[str, Optional[bytes]] = {}
+        for chunk in chunked(encoded, limits.BULK_GET_MAX_KEYS):
+            marks = ",".join("?" * len(chunk))
+            for key, value in self._read(
+                    f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}",
+                    (*chunk, time.time())):
+                found[encoded[key]] = value
+        return {key: found.get(key) for key in keys}
+
+    def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:
+        lower = limits.validate_prefix(prefix)
+        count = limits.validate_list_limit(limit)
+        sql = f"SELECT key, expiration, metadata FROM kv WHERE key >= ? AND {_LIVE}"
+        params: List[Any] = [lower, time.time()]
+        upper = _prefix_end(lower)
+        if upper is not None:
+            sql += " AND key < ?"
+            params.append(upper)
+        if cursor:
+            sql += " AND key > ?"
+            params.append(_decode_cursor(cursor))
+        rows = self._read(sql + " ORDER BY key LIMIT ?", (*params, count + 1))
+        keys = [KeyInfo(key.decode("utf-8"), expiration, _metadata(metadata))
+                for key, expiration, metadata in rows[:count]]
+        return ListPage(keys, _encode_cursor(rows[count - 1][0]) if len(rows) > count else None)
+
+    def clear(self) -> None:
+        """Drop every entry (tests and the server's reset)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM kv")
+
+    def close(self) -> None:
+        """Close this process's connections; later calls raise KVError."""
+        with self._lock:
+            self._closed = True
+            if os.getpid() == self._pid:
+                for conn in self._connections.values():
+                    conn.close()
+            self._connections = {}
