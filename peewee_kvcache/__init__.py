@@ -1,0 +1,21 @@
+"""peewee_kvcache: a two-level query-result cache for Peewee (diskcache L1, Workers KV L2).
+
+Importing the package adds ``with_cache()`` to every Peewee select.
+"""
+from .cache import CloudflareKVCache
+from .codec import CachedResult
+from .config import CacheConfig
+from .database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
+                       CachedPostgresqlDatabase, CachedSqliteDatabase)
+from .kv.local import LocalKVNamespace
+from .query import install as _install
+from .stats import CacheStats
+
+_install()
+
+__all__ = [
+    "CachedDatabase", "CachedPostgresqlDatabase", "CachedPooledPostgresqlDatabase",
+    "CachedSqliteDatabase", "CachedMySQLDatabase", "CloudflareKVCache", "LocalKVNamespace",
+    "CacheConfig", "CachedResult", "CacheStats",
+]
+__version__ = "0.1.0"

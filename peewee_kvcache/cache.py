@@ -1,0 +1,354 @@
+"""CloudflareKVCache: the two levels (L1 diskcache, L2 KV namespace) behind one object.
+
+Every public method degrades instead of raising: a fault in either level is logged through the
+``peewee_kvcache`` logger, counted, and turned into a miss (or a skipped store), so the query falls
+back to the database. Bad *arguments* do raise, with the bad value named.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import uuid
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import platformdirs
+
+from . import index
+from .codec import CachedResult, CodecError, UnsupportedValue, decode_entry, encode_entry
+from .config import DEFAULT_CONFIG, CacheConfig, now_ms
+from .index import KeyLayout
+from .kv.base import KVNamespace
+from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
+from .kv.local import LocalKVNamespace
+from .l1 import L1Entry, L1Store
+from .names import EVERYTHING, stamp_names, table_names_of, tag_digest_part, tag_list
+from .stats import CacheStats, Counters
+from .writer import BackgroundWriter, PutTask
+
+log = logging.getLogger("peewee_kvcache")
+
+STRATEGIES = ("explicit", "all")
+#: how long this host refuses L2 reads for a name whose L2 invalidation is under way
+PENDING_TIMEOUT_S = 600.0
+
+
+def default_directory(kind: str) -> str:
+    """Per-user cache directory, so the one-line swap needs no path."""
+    return os.path.join(platformdirs.user_cache_dir("peewee_kvcache"), kind)
+
+
+def digest_of(*parts: bytes) -> str:
+    """Key hash: 160-bit BLAKE2b, hex (keys never contain SQL, parameters or data)."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+class CloudflareKVCache:
+    """A query-result cache: L1 diskcache on this host, L2 a (Cloudflare or local) KV namespace.
+
+    ``strategy="explicit"`` caches only ``with_cache()`` queries; ``"all"`` every cacheable SELECT.
+    ``default_ttl`` (seconds) applies when a query gives no expiry. ``secret`` signs entries
+    (HMAC-SHA256) so a forged L2 value is a miss. ``prefix`` scopes every L2 key of this cache.
+    """
+
+    def __init__(self, namespace: Optional[KVNamespace] = None, *, l1_directory: Optional[str] = None,
+                 strategy: str = "explicit", default_ttl: int = 300, prefix: str = "pkv:",
+                 secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        CacheConfig(ex=default_ttl)  # validates default_ttl with the same rules as ex=
+        if not isinstance(prefix, str) or not prefix or len(prefix.encode()) > 64:
+            raise ValueError(f"prefix must be a non-empty str of at most 64 bytes, got {prefix!r}")
+        if secret is not None and not isinstance(secret, (str, bytes)):
+            raise TypeError(f"secret must be str or bytes, got {type(secret).__name__}")
+        self.strategy = strategy
+        self.default_ttl_ms = default_ttl * 1000
+        self.prefix = prefix
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        self.namespace = namespace if namespace is not None else LocalKVNamespace(
+            default_directory("kv"))
+        self.l1 = L1Store(l1_directory or default_directory("l1"), size_limit=l1_size_limit)
+        self.layout = KeyLayout(prefix)
+        self.counters = Counters()
+        self.writer = BackgroundWriter(self._send_puts)
+
+    def __repr__(self) -> str:
+        return (f"CloudflareKVCache(namespace={self.namespace!r}, l1={self.l1.directory!r}, "
+                f"strategy={self.strategy!r}, prefix={self.prefix!r}, "
+                f"signed={self._secret is not None})")
+
+    # -- the read path ----------------------------------------------------------------------
+    def lookup(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
+        """The cached result for ``digest`` if one is live and no name in its stamp was bumped."""
+        result = self._lookup_l1(digest)
+        if result is None:
+            result = self._lookup_l2(digest, names)
+        self.counters.incr("hits" if result is not None else "misses")
+        return result
+
+    def _lookup_l1(self, digest: str) -> Optional[CachedResult]:
+        try:
+            entry = self.l1.get(digest)
+            if entry is None or entry.expires_at_ms <= now_ms():
+                return None
+            if not self.l1.is_current(entry.names, entry.tokens):
+                return None
+            result, _ = decode_entry(entry.payload)
+        except Exception:
+            self._fault("l1_errors", "L1 read failed")
+            return None
+        self.counters.incr("l1_hits")
+        return result
+
+    def _lookup_l2(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
+        try:
+            if self.l1.any_pending(names):
+                self.counters.incr("l2_skipped_pending")
+                return None
+            tokens = self.l1.tokens(names)  # before the read: a later bump kills the backfill
+        except Exception:
+            self._fault("l1_errors", "L1 token read failed")
+            return None
+        try:
+            raw = self.namespace.get(self.layout.entry_key(digest))
+        except Exception:
+            self._fault("l2_errors", "L2 read failed")
+            return None
+        if raw is None:
+            return None
+        try:
+            result, expires_at_ms = decode_entry(raw, self._secret)
+        except CodecError as exc:
+            counter = "bad_signatures" if "signature" in str(exc) else "codec_errors"
+            self._fault(counter, "L2 entry rejected")
+            return None
+        now = now_ms()
+        if expires_at_ms is None or expires_at_ms <= now:
+            return None
+        self.counters.incr("l2_hits")
+        try:  # backfill keeps the L2 entry's remaining lifetime
+            self.l1.set(digest, L1Entry(tuple(names), tokens, expires_at_ms, raw), now)
+        except Exception:
+            self._fault("l1_errors", "L1 backfill failed")
+        return result
+
+    # -- the write path ---------------------------------------------------------------------
+    def tokens(self, names: Sequence[str]) -> Optional[Tuple[int, ...]]:
+        """Tokens to stamp a result with; read them *before* running the query. None on fault."""
+        try:
+            return self.l1.tokens(names)
+        except Exception:
+            self._fault("l1_errors", "L1 token read failed")
+            return None
+
+    def seq(self) -> Optional[int]:
+        """The token counter (a transaction's baseline); None on fault."""
+        try:
+            return self.l1.seq()
+        except Exception:
+            self._fault("l1_errors", "L1 token read failed")
+            return None
+
+    def store(self, digest: str, names: Sequence[str], tokens: Sequence[int],
+              result: CachedResult, config: CacheConfig = DEFAULT_CONFIG) -> bool:
+        """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read."""
+        try:
+            if not self.l1.is_current(names, tokens):
+                self.counters.incr("stores_refused")
+                return False
+            now = now_ms()
+            existing = self.l1.get(digest) if config.keep_ttl else None
+            expires_at = config.expires_at_ms(now, self.default_ttl_ms,
+                                              existing.expires_at_ms if existing else None)
+            payload = encode_entry(result, expires_at, self._secret)
+        except UnsupportedValue as exc:
+            log.info("peewee_kvcache: result not cached: %s", exc)
+            self.counters.incr("uncacheable")
+            return False
+        except Exception:
+            self._fault("l1_errors", "preparing a store failed")
+            return False
+        try:
+            self.l1.set(digest, L1Entry(tuple(names), tuple(tokens), expires_at, payload), now)
+        except Exception:
+            self._fault("l1_errors", "L1 write failed")
+        self.counters.incr("stores")
+        if len(payload) > MAX_VALUE_BYTES:
+            self.counters.incr("oversized")  # stays in L1 only
+            return True
+        expiration = max(math.ceil(expires_at / 1000), now // 1000 + MIN_EXPIRATION_TTL + 1)
+        pairs = self.layout.entry_pairs(digest, payload, [n for n in names if n != EVERYTHING],
+                                        expiration)
+        self.writer.submit(PutTask(pairs, lambda: self._still_current(names, tokens)))
+        return True
+
+    def _still_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
+        try:
+            return self.l1.is_current(names, tokens)
+        except Exception:
+            self._fault("l1_errors", "L1 token read failed")
+            return False
+
+    def _send_puts(self, tasks: List[PutTask]) -> None:
+        """Writer thread: one bulk write; then undo any entry whose tokens moved meanwhile.
+
+        The re-check after the write closes the race with an invalidation that listed markers
+        before this write landed: either the invalidation's bump is visible here, or it happened
+        after the write and its sweep sees the markers.
+        """
+        live = [task for task in tasks if task.still_valid()]
+        if not live:
+            return
+        try:
+            failed = self.namespace.bulk_put([pair for task in live for pair in task.pairs])
+            if failed:
+                self._fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
+        except Exception:
+            self._fault("l2_errors", "L2 bulk write failed")
+            return
+        stale = [pair.key for task in live if not task.still_valid() for pair in task.pairs]
+        if stale:
+            self._delete_l2(stale)
+
+    # -- invalidation -----------------------------------------------------------------------
+    def invalidate(self, tables: Iterable[Any] = (), tags: Union[str, Iterable[str], None] = None
+                   ) -> None:
+        """Drop every cached result that read one of ``tables`` or carries one of ``tags``.
+
+        Tables may be Peewee models, ``Table`` objects or names; ``tags`` one str or several.
+        """
+        names = [index.table_name(t) for t in table_names_of(tables)]
+        names += [index.tag_name(g) for g in tag_list(tags)]
+        self.invalidate_names(names)
+
+    def invalidate_everything(self) -> None:
+        """After a write whose tables are unknown: every auto-invalidated result goes."""
+        self.invalidate_names([EVERYTHING])
+
+    def invalidate_names(self, names: Sequence[str]) -> None:
+        if not names:
+            return
+        names = sorted(set(names))
+        self.counters.incr("invalidations")
+        marker = uuid.uuid4().hex
+        try:
+            self.l1.mark_pending(names, marker, PENDING_TIMEOUT_S)
+            self.l1.bump(names)
+        except Exception:
+            self._fault("l1_errors", "L1 invalidation failed")
+        self.writer.submit(lambda: self._sweep_l2(names, marker))
+
+    def _sweep_l2(self, names: Sequence[str], marker: str) -> None:
+        """List each name's markers and bulk-delete them with their entries."""
+        keys: List[str] = []
+        try:
+            for name in names:
+                prefix = (self.prefix + index.TABLE if name == EVERYTHING
+                          else self.layout.marker_prefix(name))
+                for info in self.namespace.list_all(prefix):
+                    keys.extend(self.layout.keys_for_marker(info.name))
+        except Exception:
+            self._fault("l2_errors", "L2 invalidation listing failed")
+            return
+        if keys and not self._delete_l2(sorted(set(keys))):
+            return
+        try:
+            self.l1.clear_pending(names, marker)
+        except Exception:
+            self._fault("l1_errors", "clearing pending invalidation failed")
+
+    def _delete_l2(self, keys: Sequence[str]) -> bool:
+        try:
+            failed = self.namespace.bulk_delete(keys)
+        except Exception:
+            self._fault("l2_errors", "L2 bulk delete failed")
+            return False
+        if failed:
+            self._fault("l2_errors", f"L2 bulk delete left {len(failed)} keys")
+            return False
+        return True
+
+    # -- the seed's API ---------------------------------------------------------------------
+    def get(self, key: str, tables: Iterable[Any] = (), is_tag: bool = False,
+            is_auto_invalidate: bool = True) -> Optional[CachedResult]:
+        """Look up a result stored with :meth:`put` under the same arguments."""
+        digest, names = self._seed_key(key, tables, is_tag, is_auto_invalidate)
+        return self.lookup(digest, names)
+
+    def put(self, hashed_query: str, response: CachedResult, tables: Iterable[Any] = (),
+            is_tag: bool = False, config: Optional[CacheConfig] = None,
+            is_auto_invalidate: bool = True) -> bool:
+        """Store ``response`` under ``hashed_query`` (or under the tag ``hashed_query``)."""
+        if not isinstance(response, CachedResult):
+            raise TypeError(f"response must be a CachedResult, got {type(response).__name__}")
+        digest, names = self._seed_key(hashed_query, tables, is_tag, is_auto_invalidate)
+        tokens = self.tokens(names)
+        return tokens is not None and self.store(digest, names, tokens, response,
+                                                 config or DEFAULT_CONFIG)
+
+    def on_mutate(self, tables: Iterable[Any] = (), tags: Union[str, Iterable[str], None] = None
+                  ) -> None:
+        """The seed's name for :meth:`invalidate`."""
+        self.invalidate(tables, tags)
+
+    def _seed_key(self, key: str, tables: Iterable[Any], is_tag: bool,
+                  auto: bool) -> Tuple[str, List[str]]:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key must be a non-empty str, got {key!r}")
+        tags = tag_list([key] if is_tag else [])
+        names = stamp_names(table_names_of(tables), tags, auto)
+        return digest_of(b"seed", key.encode(), tag_digest_part(tags, auto)), names
+
+    # -- operations -------------------------------------------------------------------------
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every queued L2 write and invalidation was sent; False on timeout."""
+        return self.writer.drain(timeout)
+
+    def get_stats(self) -> CacheStats:
+        """Counters of this process plus key counts read from L2 (right across hosts)."""
+        counts = {}
+        for field_name, kind in (("total_keys", index.ENTRY), ("table_keys", index.TABLE),
+                                 ("tag_keys", index.TAG)):
+            try:
+                counts[field_name] = sum(1 for _ in self.namespace.list_all(self.prefix + kind))
+            except Exception:
+                self._fault("l2_errors", "L2 listing for stats failed")
+                counts[field_name] = -1
+        try:
+            l1 = self.l1.stats()
+        except Exception:
+            self._fault("l1_errors", "L1 stats failed")
+            l1 = {}
+        return CacheStats(**counts, **self.counters.snapshot(), **l1,
+                          pending_l2_work=self.writer.pending())
+
+    def clear_all(self) -> None:
+        """Empty both levels for this cache's prefix (other prefixes in the namespace stay)."""
+        self.drain(30)
+        try:
+            self.l1.clear()
+        except Exception:
+            self._fault("l1_errors", "L1 clear failed")
+        try:
+            keys = [info.name for info in self.namespace.list_all(self.prefix)]
+        except Exception:
+            self._fault("l2_errors", "L2 listing for clear failed")
+            return
+        if keys:
+            self._delete_l2(keys)
+
+    def close(self) -> None:
+        self.writer.close()
+        self.l1.close()
+        self.namespace.close()
+
+    def _fault(self, counter: str, what: str) -> None:
+        """Log a degraded operation (with traceback at debug level) and count it."""
+        self.counters.incr(counter)
+        log.warning("peewee_kvcache: %s; serving from the database", what,
+                    exc_info=log.isEnabledFor(logging.DEBUG))

@@ -1,0 +1,239 @@
+"""CachedDatabase: a mixin that puts the cache between Peewee and the database driver.
+
+Reads: ``execute(query)`` serves cacheable selects from the cache. Writes: every statement that
+reaches ``execute_sql`` (query objects and raw SQL alike) is analysed, and the tables it changes
+(plus the tables their cascading foreign keys change) are invalidated: at once in autocommit, and
+again at COMMIT inside a transaction, before Peewee runs the user's after-commit callbacks.
+
+Transaction state is per thread (as Peewee's connection state is) and is taken *before* COMMIT or
+ROLLBACK is sent, so a failure there can never leave state behind that would swallow later
+invalidations or disable caching.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, FrozenSet, Optional, Set
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+from .cache import CloudflareKVCache, digest_of
+from .codec import CachedResult, UnsupportedValue, encode_params
+from .cursor import CachedCursor
+from .index import table_name
+from .names import stamp_names, tag_digest_part
+from .query import CacheOptions, find_options
+from .tables import SqlInfo, analyze_sql, cascade_closure
+
+log = logging.getLogger("peewee_kvcache")
+
+_SECRET_PARAMS = frozenset({"password", "passwd"})
+_DEFAULT_OPTIONS = CacheOptions()
+
+
+@dataclass
+class _Txn:
+    """One open transaction on this thread: its baseline token counter and what it wrote."""
+
+    baseline: Optional[int]
+    written: Set[str] = field(default_factory=set)
+    everything: bool = False
+
+
+def _dialect(db: peewee.Database) -> str:
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return "postgres"
+    if isinstance(db, peewee.MySQLDatabase):
+        return "mysql"
+    return "sqlite"
+
+
+class CachedDatabase:
+    """Mix into any Peewee database: ``class MyDB(CachedDatabase, peewee.PostgresqlDatabase)``.
+
+    ``cache`` is a :class:`CloudflareKVCache`; ``None`` builds the default one (L1 and a local KV
+    namespace in the per-user cache directory).
+    """
+
+    def __init__(self, database: Any, *args: Any, cache: Optional[CloudflareKVCache] = None,
+                 **kwargs: Any):
+        if cache is not None and not isinstance(cache, CloudflareKVCache):
+            raise TypeError(f"cache must be a CloudflareKVCache, got {type(cache).__name__}")
+        self.cache = cache if cache is not None else CloudflareKVCache()
+        self._kv_local = threading.local()
+        self._kv_identity: Optional[bytes] = None
+        self._kv_dialect = _dialect(self)  # type: ignore[arg-type]
+        super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
+
+    def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        self._kv_identity = None  # a re-init may point at another server
+        super().init(database, *args, **kwargs)  # type: ignore[misc]
+
+    def _identity(self) -> bytes:
+        """Database, host, port, user, options (search_path...): the same SQL run by another
+        role or against another schema must never share an entry. Passwords are left out."""
+        if self._kv_identity is None:
+            params = sorted((k, repr(v)) for k, v in self.connect_params.items()  # type: ignore
+                            if k not in _SECRET_PARAMS)
+            database = self.database  # type: ignore[attr-defined]
+            if self._kv_dialect == "sqlite" and database and database != ":memory:":
+                database = os.path.abspath(database)
+            self._kv_identity = repr((self._kv_dialect, database, params)).encode()
+        return self._kv_identity
+
+    # -- reads ------------------------------------------------------------------------------
+    def execute(self, query: Any, *args: Any, **context_options: Any) -> Any:
+        ctx = self.get_sql_context(**context_options)  # type: ignore[attr-defined]
+        sql, params = ctx.sql(query).query()
+        if isinstance(query, peewee.SelectBase):
+            options = find_options(query)
+            if options is None and self.cache.strategy == "all":
+                options = _DEFAULT_OPTIONS
+            if options is not None and options.enabled:
+                return self._cached_select(sql, params, options)
+        return self.execute_sql(sql, params)
+
+    def _cached_select(self, sql: str, params: Any, options: CacheOptions) -> Any:
+        info = analyze_sql(sql, self._kv_dialect)
+        if info.kind != "select" or not info.cacheable:
+            if info.kind == "select":
+                log.debug("peewee_kvcache: not caching: %s", info.reason)
+                self.cache.counters.incr("uncacheable")
+            return self.execute_sql(sql, params)
+        txn = self._kv_txn()
+        if txn is not None and (txn.everything or txn.written & info.read_tables):
+            self.cache.counters.incr("bypassed_in_transaction")
+            return self._run(sql, params)
+        try:
+            digest = digest_of(self._identity(), sql.encode(), encode_params(params or ()),
+                               tag_digest_part(options.tags, options.auto_invalidate))
+        except UnsupportedValue as exc:
+            log.debug("peewee_kvcache: not caching: %s", exc)
+            self.cache.counters.incr("uncacheable")
+            return self._run(sql, params)
+        names = stamp_names(info.read_tables, options.tags, options.auto_invalidate)
+        result = self.cache.lookup(digest, names)
+        if result is not None:
+            return CachedCursor(result)
+        tokens = self.cache.tokens(names)  # before the query: see l1.py on the store race
+        cursor = self._run(sql, params)
+        if tokens is None or not self._may_store(txn, tokens):
+            return cursor
+        result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
+        cursor.close()
+        self.cache.store(digest, names, tokens, result, options.config)
+        return CachedCursor(result)
+
+    @staticmethod
+    def _may_store(txn: Optional[_Txn], tokens: Any) -> bool:
+        """Outside a transaction always; inside one only before it wrote, and only if no name was
+        bumped since BEGIN (a REPEATABLE READ snapshot may predate that write's commit)."""
+        if txn is None:
+            return True
+        if txn.written or txn.everything or txn.baseline is None:
+            return False
+        return all(token <= txn.baseline for token in tokens)
+
+    def _run(self, sql: str, params: Any) -> Any:
+        """Send a statement already known to be a read, without analysing it again."""
+        return super().execute_sql(sql, params)  # type: ignore[misc]
+
+    # -- writes -----------------------------------------------------------------------------
+    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        info = analyze_sql(sql, self._kv_dialect)
+        if info.kind == "transaction":
+            cursor = super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            self._on_transaction_statement(sql)
+            return cursor
+        if not (info.written_tables or info.writes_unknown):
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        try:
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        finally:  # even a failed write may have changed rows (a server-side partial effect)
+            self._note_write(info)
+
+    def _note_write(self, info: SqlInfo) -> None:
+        tables = cascade_closure(info.written_tables)
+        txn = self._kv_txn()
+        if txn is not None:
+            txn.written |= tables
+            txn.everything |= info.writes_unknown
+        else:
+            self._invalidate(tables, info.writes_unknown)
+
+    def _invalidate(self, tables: FrozenSet[str] | Set[str], everything: bool) -> None:
+        try:
+            if everything:
+                self.cache.invalidate_everything()
+            self.cache.invalidate_names([table_name(t) for t in tables])
+        except Exception:  # the cache logs its own faults; this guards the caller's write
+            log.exception("peewee_kvcache: invalidation failed")
+
+    # -- transactions -----------------------------------------------------------------------
+    def _kv_txn(self) -> Optional[_Txn]:
+        return getattr(self._kv_local, "txn", None)
+
+    def _start_txn(self) -> None:
+        if self._kv_txn() is None:
+            self._kv_local.txn = _Txn(self.cache.seq())
+
+    def _take_txn(self) -> Optional[_Txn]:
+        txn = self._kv_txn()
+        self._kv_local.txn = None
+        return txn
+
+    def _finish_txn(self, txn: Optional[_Txn], committed: bool) -> None:
+        if txn is not None and committed and (txn.written or txn.everything):
+            self._invalidate(txn.written, txn.everything)
+
+    def begin(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().begin(*args, **kwargs)  # type: ignore[misc]
+        self._start_txn()
+        return result
+
+    def commit(self) -> Any:
+        txn = self._take_txn()
+        try:
+            return super().commit()  # type: ignore[misc]
+        finally:  # a failed COMMIT invalidates too: re-invalidating is always safe
+            self._finish_txn(txn, committed=True)
+
+    def rollback(self) -> Any:
+        self._take_txn()  # nothing uncommitted was ever stored, so nothing to invalidate
+        return super().rollback()  # type: ignore[misc]
+
+    def close(self) -> Any:
+        closed = super().close()  # type: ignore[misc]
+        self._take_txn()  # a connection closed mid-transaction rolled it back
+        return closed
+
+    def _on_transaction_statement(self, sql: str) -> None:
+        """Raw BEGIN / COMMIT / ROLLBACK sent through ``execute_sql`` count like the methods."""
+        words = sql.strip().rstrip(";").upper().split()
+        if not words:
+            return
+        if words[0] in ("BEGIN", "START"):
+            self._start_txn()
+        elif words[0] in ("COMMIT", "END"):
+            self._finish_txn(self._take_txn(), committed=True)
+        elif words[0] == "ROLLBACK" and "TO" not in words:
+            self._take_txn()
+
+
+class CachedSqliteDatabase(CachedDatabase, peewee.SqliteDatabase):
+    """SQLite with the cache."""
+
+
+class CachedPostgresqlDatabase(CachedDatabase, peewee.PostgresqlDatabase):
+    """PostgreSQL with the cache."""
+
+
+class CachedPooledPostgresqlDatabase(CachedDatabase, PooledPostgresqlDatabase):
+    """Pooled PostgreSQL with the cache."""
+
+
+class CachedMySQLDatabase(CachedDatabase, peewee.MySQLDatabase):
+    """MySQL / MariaDB with the cache."""

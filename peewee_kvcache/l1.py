@@ -1,0 +1,141 @@
+"""The local level: result entries and invalidation tokens in diskcache, shared by this host's processes.
+
+Invalidation never searches for entries. Every name an entry depends on (a table, a tag, ``*`` for
+"everything") has a token; an entry is stamped with the tokens it was computed under, read *before*
+the query ran, and is valid only while all of them are unchanged. Bumping a token is therefore O(1),
+needs no table→key index in L1, and closes the store race: a result whose snapshot predates a write
+carries the pre-write token and is dead on arrival.
+
+Tokens come from one counter (``seq``) bumped inside a diskcache transaction, so they only grow; a
+transaction can compare them against the counter read at its BEGIN. A name never bumped has the
+store's ``base`` token (≤ any counter value). Base and counter start at a random offset, so a wiped
+token store can never revive an old stamp.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import diskcache
+import msgpack
+
+_SEQ = "seq"
+_BASE = "base"
+
+
+@dataclass(frozen=True)
+class L1Entry:
+    """A stored entry: its stamp, absolute expiry (unix ms) and the encoded result."""
+
+    names: Tuple[str, ...]
+    tokens: Tuple[int, ...]
+    expires_at_ms: int
+    payload: bytes
+
+
+class L1Store:
+    """Entries and tokens in two diskcache caches under one directory.
+
+    Tokens live in a cache that never evicts (eviction_policy "none"): losing a token would be safe
+    (entries stamped with it die) but would needlessly drop entries. Entries may be culled freely.
+    """
+
+    def __init__(self, directory: str, size_limit: int = 1 << 30, timeout: float = 1.0):
+        self.directory = directory
+        self.entries = diskcache.Cache(os.path.join(directory, "entries"), size_limit=size_limit,
+                                       timeout=timeout)
+        self.meta = diskcache.Cache(os.path.join(directory, "tokens"), eviction_policy="none",
+                                    timeout=timeout)
+        self._init_counter()
+
+    def _init_counter(self) -> int:
+        """Create base and counter if missing; returns the base."""
+        start = random.getrandbits(40) << 20
+        self.meta.add(_BASE, start)
+        base = self.meta.get(_BASE)
+        self.meta.add(_SEQ, base)
+        return int(base)
+
+    # -- tokens -----------------------------------------------------------------------------
+    def seq(self) -> int:
+        """The token counter; any bump after this read yields a larger token."""
+        value = self.meta.get(_SEQ)
+        if value is None:  # the token store was wiped under us: start again at a random offset
+            self._init_counter()
+            value = self.meta.get(_SEQ)
+        return int(value)
+
+    def bump(self, names: Iterable[str]) -> int:
+        """Give every name a fresh token, killing every entry stamped with the old one."""
+        keys = ["v:" + name for name in names]
+        with self.meta.transact():
+            self.seq()
+            token = self.meta.incr(_SEQ)
+            for key in keys:
+                self.meta.set(key, token)
+        return token
+
+    def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
+        """Current tokens for ``names``; a name never bumped gets the base token."""
+        values: List[Optional[int]] = [self.meta.get("v:" + name) for name in names]
+        if None in values:
+            base = self.meta.get(_BASE)
+            if base is None:
+                base = self._init_counter()
+            for name, value in zip(names, values):
+                if value is None:
+                    self.meta.add("v:" + name, base)
+            values = [self.meta.get("v:" + name) for name in names]
+        return tuple(int(v) for v in values)  # type: ignore[arg-type]
+
+    def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
+        """True while no name in the stamp has been bumped."""
+        get = self.meta.get
+        return all(get("v:" + name) == token for name, token in zip(names, tokens))
+
+    def mark_pending(self, names: Iterable[str], marker: str, timeout_s: float) -> None:
+        """Flag names whose L2 invalidation is under way: L2 must not be read for them meanwhile."""
+        for name in names:
+            self.meta.set("p:" + name, marker, expire=timeout_s)
+
+    def clear_pending(self, names: Iterable[str], marker: str) -> None:
+        """Lift this invalidation's flags, unless a later invalidation took them over."""
+        with self.meta.transact():
+            for name in names:
+                if self.meta.get("p:" + name) == marker:
+                    self.meta.delete("p:" + name)
+
+    def any_pending(self, names: Iterable[str]) -> bool:
+        get = self.meta.get
+        return any(get("p:" + name) is not None for name in names)
+
+    # -- entries ----------------------------------------------------------------------------
+    def get(self, key: str) -> Optional[L1Entry]:
+        raw = self.entries.get(key)
+        if raw is None:
+            return None
+        names, tokens, expires_at_ms, payload = msgpack.unpackb(raw, use_list=False)
+        return L1Entry(names, tokens, expires_at_ms, payload)
+
+    def set(self, key: str, entry: L1Entry, now_ms: int) -> None:
+        raw = msgpack.packb([entry.names, entry.tokens, entry.expires_at_ms, entry.payload],
+                            use_bin_type=True)
+        self.entries.set(key, raw, expire=max(entry.expires_at_ms - now_ms, 1) / 1000.0)
+
+    def clear(self) -> None:
+        """Drop every entry and move every token past all stamps ever issued."""
+        self.entries.clear()
+        with self.meta.transact():
+            self.meta.set(_BASE, self.bump(()))
+            for key in list(self.meta.iterkeys()):
+                if isinstance(key, str) and key.startswith("v:"):
+                    self.meta.delete(key)
+
+    def stats(self) -> Dict[str, int]:
+        return {"l1_entries": len(self.entries), "l1_volume_bytes": self.entries.volume()}
+
+    def close(self) -> None:
+        self.entries.close()
+        self.meta.close()

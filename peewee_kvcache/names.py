@@ -1,0 +1,71 @@
+"""What a cached result depends on: table and tag names, validated and normalised in one place."""
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Union
+
+import peewee
+
+from . import index
+from .tables import normalize_table
+
+#: the token every auto-invalidated entry carries; bumped by a write whose tables are unknown
+EVERYTHING = "*"
+MAX_TAG_BYTES = 128
+
+
+def table_names_of(tables: Iterable[Any]) -> List[str]:
+    """Normalised table names from models, ``Table`` objects or strings."""
+    if isinstance(tables, (str, peewee.Table)) or _is_model(tables):
+        tables = [tables]
+    names = []
+    for table in tables:
+        if _is_model(table):
+            name = table._meta.table_name
+        elif isinstance(table, peewee.Table):
+            name = table.__name__
+        elif isinstance(table, str) and table.strip():
+            name = table
+        else:
+            raise ValueError(f"not a table: {table!r} (give a model, a Table or a table name)")
+        names.append(normalize_table(name))
+    return names
+
+
+def tag_list(tags: Union[str, Iterable[str], None]) -> List[str]:
+    """Tags as a list; one str is one tag. Empty, non-str or oversized tags are refused."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    result = []
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"tag must be a str, got {tag!r} ({type(tag).__name__})")
+        if not tag.strip():
+            raise ValueError(f"tag must not be empty, got {tag!r}")
+        if len(tag.encode()) > MAX_TAG_BYTES:
+            raise ValueError(f"tag longer than {MAX_TAG_BYTES} bytes: {tag[:40]!r}...")
+        result.append(tag)
+    return result
+
+
+def stamp_names(tables: Iterable[str], tags: Iterable[str], auto_invalidate: bool) -> List[str]:
+    """Token names an entry is stamped with, in a stable order.
+
+    Auto-invalidated entries depend on their tables and on :data:`EVERYTHING`; an entry with
+    ``auto_invalidate=False`` depends only on its tags (and its TTL).
+    """
+    names = [index.tag_name(tag) for tag in sorted(set(tags))]
+    if auto_invalidate:
+        names = [EVERYTHING] + [index.table_name(t) for t in sorted(set(tables))] + names
+    return names
+
+
+def tag_digest_part(tags: Iterable[str], auto_invalidate: bool) -> bytes:
+    """Bytes mixed into a result key so entries with different tags/auto flags never collide."""
+    return ("\x00".join(sorted(set(tags))) + ("\x01auto" if auto_invalidate else "\x01manual")).encode()
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, peewee.Model)
+

@@ -1,0 +1,80 @@
+"""``with_cache()`` on every Peewee select, carried through Peewee's query cloning.
+
+Options live in the query's ``__dict__`` (``_kvcache``), which ``Node.clone`` copies, so every
+chained call keeps them. ``count()`` and ``exists()`` wrap the query in a new ``Select``;
+:func:`find_options` looks through such wrappers so those helpers inherit the options too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Tuple, Union
+
+import peewee
+
+from .config import CacheConfig
+from .names import tag_list
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What ``with_cache`` asked for; ``enabled=False`` opts a query out even under strategy all."""
+
+    enabled: bool = True
+    config: CacheConfig = CacheConfig()
+    tags: Tuple[str, ...] = ()
+    auto_invalidate: bool = True
+
+
+DISABLED = CacheOptions(enabled=False)
+
+
+def make_options(enabled: bool = True, *, ex: Optional[int] = None, px: Optional[int] = None,
+                 exat: Optional[int] = None, pxat: Optional[int] = None, keep_ttl: bool = False,
+                 tag: Union[str, Iterable[str], None] = None, auto_invalidate: bool = True,
+                 config: Optional[CacheConfig] = None) -> CacheOptions:
+    """Validate ``with_cache`` arguments (bad values raise here, naming the value)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"with_cache(enabled) must be a bool, got {enabled!r}")
+    if not isinstance(auto_invalidate, bool):
+        raise TypeError(f"auto_invalidate must be a bool, got {auto_invalidate!r}")
+    if not enabled:
+        return DISABLED
+    if config is None:
+        config = CacheConfig(ex=ex, px=px, exat=exat, pxat=pxat, keep_ttl=keep_ttl)
+    elif not isinstance(config, CacheConfig):
+        raise TypeError(f"config must be a CacheConfig, got {config!r}")
+    elif any(v is not None for v in (ex, px, exat, pxat)) or keep_ttl:
+        raise ValueError("give either config= or ex/px/exat/pxat/keep_ttl, not both")
+    return CacheOptions(True, config, tuple(tag_list(tag)), auto_invalidate)
+
+
+@peewee.Node.copy
+def with_cache(self: peewee.SelectBase, enabled: bool = True, **kwargs: Any) -> None:
+    """Cache this query's result (``ex``/``px``/``exat``/``pxat``/``keep_ttl``, ``tag``,
+    ``auto_invalidate``); ``with_cache(False)`` never caches it."""
+    self._kvcache = make_options(enabled, **kwargs)
+
+
+def find_options(query: Any, depth: int = 0) -> Optional[CacheOptions]:
+    """The query's options, or those of the select it wraps (``count()``, ``exists()``, compounds)."""
+    options = query.__dict__.get("_kvcache")
+    if options is not None or depth > 3:
+        return options
+    inner: list = []
+    if isinstance(query, peewee.CompoundSelectQuery):
+        inner = [query.lhs, query.rhs]
+    elif isinstance(query, peewee.Select):
+        inner = list(query._from_list or ())
+        for column in query._returning or ():
+            inner.extend(getattr(column, "arguments", ()) or ())
+    for node in inner:
+        if isinstance(node, peewee.SelectBase):
+            found = find_options(node, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def install() -> None:
+    """Make ``with_cache`` available on every select as soon as the package is imported."""
+    peewee.SelectBase.with_cache = with_cache

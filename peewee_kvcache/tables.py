@@ -1,0 +1,406 @@
+"""Which tables a SQL statement reads and writes, and how foreign-key cascades spread a write.
+
+The cache tags every cached SELECT with the tables it read and drops those entries when a write
+touches one of them, so a table missed here means stale results while an extra one only costs a
+cache miss. Everything therefore errs towards "more": names are compared bare and lowercase, and
+whatever cannot be resolved is reported as ``writes_unknown`` so the caller invalidates everything.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from typing import Dict, FrozenSet, Iterable, List, Set, Tuple
+
+import peewee
+from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.dialects.mysql import MySQL
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.dialects.sqlite import SQLite
+from sqlglot.tokens import Token, TokenType
+
+
+@dataclass(frozen=True)
+class SqlInfo:
+    """What one SQL text does, as far as caching and invalidation are concerned."""
+
+    kind: str  # "select" | "write" | "ddl" | "transaction" | "other"
+    read_tables: FrozenSet[str] = frozenset()
+    written_tables: FrozenSet[str] = frozenset()
+    writes_unknown: bool = False
+    cacheable: bool = False
+    reason: str = ""
+
+
+class _PeeweeMySQL(MySQL):
+    """MySQL as pymysql receives it: stock sqlglot reads the ``%s`` placeholder as a modulo."""
+
+    class Parser(MySQL.Parser):
+        PLACEHOLDER_PARSERS = {
+            **MySQL.Parser.PLACEHOLDER_PARSERS,
+            TokenType.MOD: lambda self: self._parse_pyformat(),
+        }
+
+        def _parse_pyformat(self) -> exp.Placeholder:
+            """``%s`` or ``%(name)s``, the ``%`` already consumed (what sqlglot's Postgres does)."""
+            named = self._match(TokenType.L_PAREN, advance=False)
+            name = self._parse_wrapped(self._parse_id_var) if named else None
+            self._match_text_seq("S")
+            return exp.Placeholder(this=name)
+
+
+_DIALECTS: Dict[str, Dialect] = {"postgres": Postgres(), "mysql": _PeeweeMySQL(), "sqlite": SQLite()}
+
+# First keywords settled without sqlglot: Peewee sends these constantly and sqlglot mis-parses some.
+_TRANSACTION = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
+_NO_ROW_CHANGE = frozenset({
+    "SET", "SHOW", "PRAGMA", "VACUUM", "ANALYZE", "ANALYSE", "LISTEN", "UNLISTEN", "NOTIFY", "USE",
+    "CHECKPOINT", "REINDEX", "CLUSTER", "GRANT", "REVOKE", "LOCK", "UNLOCK", "DISCARD", "RESET",
+    "DEALLOCATE", "ATTACH", "DETACH",
+})
+_EXPLAIN = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})  # MySQL: DESCRIBE is a synonym of EXPLAIN
+_OPAQUE = frozenset({"CALL", "DO", "EXECUTE", "EXEC"})  # run code whose writes the text doesn't show
+_STATEMENT_START = frozenset({
+    "SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "VALUES", "TABLE", "CREATE",
+    "EXECUTE", "DECLARE",
+})
+_DML_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "INTO"})
+
+# Functions whose result differs between calls (or sessions), or which have side effects.
+_VOLATILE_NAMES = frozenset({
+    "nextval", "setval", "currval", "lastval", "random", "rand", "randomblob", "random_bytes",
+    "gen_random_bytes", "now", "current_timestamp", "current_date", "current_time", "current_datetime",
+    "localtime", "localtimestamp", "clock_timestamp", "statement_timestamp", "transaction_timestamp",
+    "timeofday", "sysdate", "utc_timestamp", "utc_date", "utc_time", "unix_timestamp", "curdate",
+    "curtime", "uuid", "uuid_short", "gen_random_uuid", "get_lock", "release_lock",
+    "release_all_locks", "is_free_lock", "is_used_lock", "sleep", "last_insert_id",
+    "last_insert_rowid", "found_rows", "row_count", "changes", "total_changes", "connection_id",
+    "pg_backend_pid", "set_config", "current_setting", "pg_notify", "current_user", "session_user",
+    "current_role", "system_user", "user",
+})
+_VOLATILE_PREFIXES = (
+    "uuid_generate_", "pg_advisory_", "pg_try_advisory_", "txid_", "pg_current_xact_id", "pg_sleep",
+    "lo_", "dblink",
+)
+# sqlglot turns several of the above into typed nodes (NOW() -> CurrentTimestamp, ...); the set of
+# node classes differs between sqlglot releases, hence the lookup by name.
+_VOLATILE_NODES = tuple(getattr(exp, name) for name in (
+    "CurrentTimestamp", "CurrentDate", "CurrentTime", "CurrentDatetime", "Localtime",
+    "Localtimestamp", "UtcTimestamp", "UtcDate", "UtcTime", "Rand", "Randn", "Uuid", "CurrentUser",
+    "SessionUser",
+) if hasattr(exp, name))
+_NOW_BY_DEFAULT = frozenset({"date", "time", "datetime", "julianday", "unixepoch"})  # SQLite: no arg = 'now'
+_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})  # SQLite/Postgres time literals
+_KIND_ORDER = ("other", "transaction", "select", "ddl", "write")
+_OPEN_QUOTES = {'"': '"', "`": "`", "[": "]"}
+_CASCADING_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
+
+
+def normalize_table(name: str) -> str:
+    """Bare lowercase table name: quotes removed, schema/database qualifier dropped."""
+    current: List[str] = []
+    quote, i, text = "", 0, name.strip()
+    while i < len(text):
+        char = text[i]
+        if quote and char == quote and text[i + 1:i + 2] == quote:  # doubled quote = literal quote
+            current.append(char)
+            i += 1
+        elif quote:
+            quote = "" if char == quote else quote
+            current.extend(char if quote else "")
+        elif char in _OPEN_QUOTES:
+            quote = _OPEN_QUOTES[char]
+        elif char == ".":
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    return "".join(current).strip().lower()
+
+
+def _unknown_write(reason: str) -> SqlInfo:
+    return SqlInfo("write", writes_unknown=True, reason=reason)
+
+
+@functools.lru_cache(maxsize=4096)
+def analyze_sql(sql: str, dialect: str) -> SqlInfo:
+    """Classify ``sql`` (one statement or a ``;`` batch) as run on ``dialect``."""
+    if dialect not in _DIALECTS:
+        raise ValueError(f"unsupported dialect {dialect!r}; expected one of {sorted(_DIALECTS)}")
+    parser = _DIALECTS[dialect]
+    body = sql.strip().rstrip(";")
+    if ";" not in body:
+        return _analyze_statement(body, parser)
+    try:  # split on real semicolon tokens, not ones inside strings or $$ bodies
+        tokens = parser.tokenize(sql)
+    except Exception as error:
+        return _unknown_write(f"cannot split statements: {error}")
+    chunks: List[str] = []
+    statement: List[Token] = []
+    for token in tokens + [None]:
+        if token is not None and token.token_type != TokenType.SEMICOLON:
+            statement.append(token)
+        elif statement:
+            chunks.append(sql[statement[0].start:statement[-1].end + 1])
+            statement = []
+    infos = [_analyze_statement(chunk, parser) for chunk in chunks]
+    return infos[0] if len(infos) == 1 else _combine(infos)
+
+
+def _combine(infos: List[SqlInfo]) -> SqlInfo:
+    """A batch does everything its statements do; it is never cached as a whole."""
+    if not infos:
+        return SqlInfo("other", reason="empty statement")
+    return SqlInfo(
+        kind=max((info.kind for info in infos), key=_KIND_ORDER.index),
+        read_tables=frozenset().union(*(info.read_tables for info in infos)),
+        written_tables=frozenset().union(*(info.written_tables for info in infos)),
+        writes_unknown=any(info.writes_unknown for info in infos),
+        reason="multiple statements",
+    )
+
+
+def _first_word(sql: str) -> Tuple[str, int]:
+    """The leading keyword, upper-cased, and its offset, past whitespace, comments and '('."""
+    i, length = 0, len(sql)
+    while i < length:
+        if sql[i].isspace() or sql[i] == "(":
+            i += 1
+        elif sql.startswith(("--", "#"), i):
+            i = length if sql.find("\n", i) < 0 else sql.find("\n", i) + 1
+        elif sql.startswith("/*", i):
+            i = length if sql.find("*/", i + 2) < 0 else sql.find("*/", i + 2) + 2
+        else:
+            break
+    end = i
+    while end < length and (sql[end].isalpha() or sql[end] == "_"):
+        end += 1
+    return sql[i:end].upper(), i
+
+
+def _analyze_statement(sql: str, parser: Dialect) -> SqlInfo:
+    word, offset = _first_word(sql)
+    if word in _TRANSACTION:
+        return SqlInfo("transaction", reason="transaction control")
+    rest = sql[offset + len(word):]  # sqlglot tokenizes what follows EXPLAIN/RENAME as one string
+    if word in _EXPLAIN:
+        return _explain(rest, parser)
+    if word in _NO_ROW_CHANGE:
+        return SqlInfo("other", reason=f"{word} changes no rows")
+    if word in _OPAQUE:
+        return _unknown_write(f"{word} runs code whose writes are not visible")
+    if word == "RENAME":
+        return _rename(rest, parser)
+    if word == "REPLACE":  # sqlglot keeps REPLACE INTO as opaque text; it touches what INSERT would
+        sql = sql[:offset] + "INSERT" + sql[offset + len(word):]
+    try:
+        statements = [statement for statement in parser.parse(sql) if statement is not None]
+    except Exception as error:
+        reason = f"parse failed: {(str(error).splitlines() or [type(error).__name__])[0][:200]}"
+        if word in ("SELECT", "WITH") and not _may_write(sql, parser):
+            return SqlInfo("select", reason=reason)
+        return _unknown_write(reason)
+    infos = [_classify(statement) for statement in statements]
+    return infos[0] if len(infos) == 1 else _combine(infos)
+
+
+def _may_write(sql: str, parser: Dialect) -> bool:
+    """Whether unparseable SELECT text has DML keywords (data-modifying CTE, SELECT INTO)."""
+    try:
+        tokens = parser.tokenize(sql)
+    except Exception:
+        return True
+    words = [t.text.upper() for t in tokens if t.token_type not in (TokenType.STRING, TokenType.IDENTIFIER)]
+    return any(w in _DML_WORDS and not (w == "UPDATE" and i and words[i - 1] in ("FOR", "KEY"))
+               for i, w in enumerate(words))
+
+
+def _explain(rest: str, parser: Dialect) -> SqlInfo:
+    """EXPLAIN (``rest`` follows the keyword) only plans a statement; EXPLAIN ANALYZE also runs it."""
+    try:
+        tokens = parser.tokenize(rest)
+    except Exception as error:
+        return _unknown_write(f"cannot tokenize EXPLAIN: {error}")
+    depth, analyze = 0, False
+    for token in tokens:
+        word = "" if token.token_type in (TokenType.STRING, TokenType.IDENTIFIER) else token.text.upper()
+        depth += (token.token_type == TokenType.L_PAREN) - (token.token_type == TokenType.R_PAREN)
+        analyze = analyze or word in ("ANALYZE", "ANALYSE")
+        if depth == 0 and word in _STATEMENT_START:
+            inner = _analyze_statement(rest[token.start:], parser) if analyze else None
+            if inner and (inner.written_tables or inner.writes_unknown):
+                return replace(inner, cacheable=False, reason="EXPLAIN ANALYZE runs the statement")
+            return SqlInfo("other", reason="EXPLAIN")
+    if analyze:
+        return _unknown_write("EXPLAIN ANALYZE of an unrecognised statement")
+    return SqlInfo("other", reason="EXPLAIN/DESCRIBE")
+
+
+def _rename(rest: str, parser: Dialect) -> SqlInfo:
+    """MySQL ``RENAME TABLE a TO b, c TO d`` (``rest`` follows RENAME); sqlglot keeps it opaque."""
+    try:
+        tokens = parser.tokenize(rest)
+    except Exception as error:
+        return _unknown_write(f"cannot tokenize RENAME: {error}")
+    if len(tokens) < 4 or tokens[0].text.upper() != "TABLE":
+        return _unknown_write("RENAME of something other than a table")
+    names: Set[str] = set()
+    last = ""
+    for token in tokens[1:] + [None]:  # each name ends at TO, a comma or the end; keep its last part
+        is_to = token is not None and token.token_type != TokenType.IDENTIFIER and token.text.upper() == "TO"
+        if token is None or is_to or token.token_type == TokenType.COMMA:
+            names.update([last.lower()] if last else [])
+            last = ""
+        elif token.token_type != TokenType.DOT:
+            last = token.text
+    if not names:
+        return _unknown_write("RENAME TABLE without table names")
+    return SqlInfo("ddl", written_tables=frozenset(names), reason="RENAME TABLE")
+
+
+def _is_table(node: exp.Expression) -> bool:
+    """A named table, not a table function, VALUES list or @variable."""
+    return isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier)
+
+
+def _dml_targets(tree: exp.Expression) -> Tuple[List[exp.Expression], List[exp.Expression]]:
+    """(target tables, table references that are merely names) of every DML node in ``tree``."""
+    targets: List[exp.Expression] = []
+    names: List[exp.Expression] = []
+    for node in tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy, exp.Into):
+        if isinstance(node.parent, exp.When) or (isinstance(node, exp.Copy) and not node.args.get("kind")):
+            continue  # MERGE's actions hit the MERGE target; COPY ... TO only reads
+        if isinstance(node, exp.Into) and not _is_table(node.this):
+            continue  # SELECT ... INTO @variable: no table written
+        refs = node.args.get("tables") if isinstance(node, exp.Delete) else None
+        if refs:  # MySQL DELETE t1, t2 FROM ...: the listed names are FROM aliases or tables
+            names.extend(refs)
+            ref_ids = {id(ref) for ref in refs}
+            aliases = {t.alias_or_name.lower(): t for t in node.find_all(exp.Table) if id(t) not in ref_ids}
+            targets.extend(aliases.get(ref.name.lower(), ref) for ref in refs)
+            continue
+        target = node.this.this if isinstance(node.this, exp.Schema) else node.this
+        targets.append(target)
+        if isinstance(node, (exp.Update, exp.Delete)) and isinstance(target, exp.Table):
+            joins = target.args.get("joins") or []  # MySQL UPDATE a JOIN b / UPDATE a, b
+            targets.extend(join.this for join in joins if _is_table(join.this))
+    return targets, names
+
+
+def _ddl_targets(ddl: exp.Expression) -> Tuple[List[exp.Expression], List[exp.Expression], bool]:
+    """(tables changed, object names that are not tables read, whether more may change)."""
+    kind = str(ddl.args.get("kind") or "").upper()
+    if isinstance(ddl, exp.TruncateTable):  # CASCADE also empties every referencing table
+        return list(ddl.expressions), [], str(ddl.args.get("option") or "").upper() == "CASCADE"
+    if isinstance(ddl, exp.Create) and kind == "INDEX":
+        table = ddl.this.args.get("table") if isinstance(ddl.this, exp.Index) else None
+        return ([table], [], False) if table is not None else ([], [], True)
+    if isinstance(ddl, exp.Create) and kind in ("TABLE", "VIEW"):
+        return [ddl.this.this if isinstance(ddl.this, exp.Schema) else ddl.this], [], False
+    if isinstance(ddl, exp.Drop):
+        dropped = ddl.args.get("tables") or [ddl.this]
+        if kind == "INDEX":  # rows never change; MySQL's DROP INDEX i ON t still touches t
+            return [t for prop in ddl.find_all(exp.OnProperty) for t in prop.find_all(exp.Table)], dropped, False
+        return (dropped, [], bool(ddl.args.get("cascade"))) if kind in ("TABLE", "VIEW") else ([], dropped, True)
+    if isinstance(ddl, exp.Alter) and kind in ("TABLE", "VIEW"):  # covers RENAME TO: old and new
+        return list(ddl.find_all(exp.Table)), [], False
+    return [], [], True  # schemas, sequences, types, functions...: effects beyond one table
+
+
+def _is_cte_reference(table: exp.Table) -> bool:
+    """Whether ``table`` names a CTE visible where it stands (then it is not a real table)."""
+    if table.args.get("db") or table.args.get("catalog"):
+        return False
+    name, node = table.name.lower(), table
+    while node.parent is not None:
+        parent = node.parent
+        if isinstance(node, exp.CTE) and isinstance(parent, exp.With):
+            position = next(i for i, cte in enumerate(parent.expressions) if cte is node)
+            visible = parent.expressions if parent.args.get("recursive") else parent.expressions[:position]
+            if any(cte.alias_or_name.lower() == name for cte in visible):
+                return True
+            if parent.parent is None:
+                return False
+            node = parent.parent  # the owning query's CTEs are settled above; look further out
+            continue
+        withs = [child for child in parent.iter_expressions() if isinstance(child, exp.With)]
+        if any(cte.alias_or_name.lower() == name for with_ in withs for cte in with_.expressions):
+            return True
+        node = parent
+    return False
+
+
+def _volatile(tree: exp.Expression) -> str:
+    """Why the result of ``tree`` may differ between runs ("" when it can't)."""
+    for node in tree.find_all(exp.Func, exp.Literal):
+        if isinstance(node, exp.Literal):
+            if node.is_string and node.this.strip().lower() in _TIME_WORDS:
+                return f"time-dependent literal {node.sql()}"
+            continue
+        names = {node.name.lower()} if isinstance(node, exp.Anonymous) else {n.lower() for n in node.sql_names()}
+        arguments = sum(1 for _ in node.iter_expressions())
+        if (isinstance(node, _VOLATILE_NODES) or names & _VOLATILE_NAMES
+                or any(n.startswith(_VOLATILE_PREFIXES) for n in names)
+                or (names & _NOW_BY_DEFAULT and not arguments) or ("strftime" in names and arguments < 2)):
+            return f"volatile function {node.sql()}"
+    return ""
+
+
+def _classify(statement: exp.Expression) -> SqlInfo:
+    targets, names = _dml_targets(statement)
+    unknown = any(not _is_table(target) for target in targets)
+    if isinstance(statement, (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)):
+        kind, (ddl_targets, ddl_names, ddl_unknown) = "ddl", _ddl_targets(statement)
+        targets, names, unknown = targets + ddl_targets, names + ddl_names, unknown or ddl_unknown
+    elif isinstance(statement, (exp.Insert, exp.Update, exp.Delete, exp.Merge)) or targets:
+        kind = "write"
+    elif isinstance(statement, (exp.Query, exp.Values)):
+        kind = "select"
+    elif isinstance(statement, exp.Copy):  # COPY ... TO
+        kind = "other"
+    else:
+        return _unknown_write(f"unrecognised statement {statement.key.upper()}")
+    skip = {id(node) for node in targets + names}
+    reads = frozenset(t.name.lower() for t in statement.find_all(exp.Table)
+                      if id(t) not in skip and _is_table(t) and not _is_cte_reference(t))
+    written = frozenset(t.name.lower() for t in targets if _is_table(t))
+    reason = f"{kind} statement" if kind != "select" else ""
+    if kind == "select":
+        into = statement.find(exp.Into)
+        reason = ("locking clause" if statement.find(exp.Lock) else
+                  "SELECT INTO a variable" if into else _volatile(statement))
+    return SqlInfo(kind, reads, written, unknown, kind == "select" and not reason, reason)
+
+
+def _cascades(field: peewee.ForeignKeyField) -> bool:
+    return any(" ".join(str(action or "").upper().split()) in _CASCADING_ACTIONS
+               for action in (field.on_delete, field.on_update))
+
+
+def cascade_closure(tables: Iterable[str]) -> FrozenSet[str]:
+    """``tables`` plus every table whose rows change with them through ON DELETE/UPDATE actions.
+
+    The model classes are walked on every call (it only runs for writes) so that models defined
+    or garbage-collected at runtime are always accounted for.
+    """
+    dependents: Dict[str, Set[str]] = {}
+    seen: Set[type] = set()
+    pending = list(peewee.Model.__subclasses__())
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        pending.extend(model.__subclasses__())
+        for field in model._meta.fields.values():
+            if isinstance(field, peewee.ForeignKeyField) and _cascades(field):
+                parent = normalize_table(field.rel_model._meta.table_name)
+                dependents.setdefault(parent, set()).add(normalize_table(model._meta.table_name))
+    closure = {normalize_table(table) for table in tables}
+    pending_tables = list(closure)
+    while pending_tables:
+        for child in dependents.get(pending_tables.pop(), ()):
+            if child not in closure:
+                closure.add(child)
+                pending_tables.append(child)
+    return frozenset(closure)

@@ -1,0 +1,112 @@
+"""One background thread that sends L2 work off the query's path.
+
+A miss must not wait for a network write, and KV's request budget is small, so queued entry writes
+are coalesced: every put waiting in the queue when the thread wakes goes out in one bulk request.
+Other work (invalidation sweeps) runs in submission order between those batches.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, List, Optional, Union
+
+from .kv.base import KVPair
+
+log = logging.getLogger("peewee_kvcache")
+
+
+@dataclass
+class PutTask:
+    """Pairs to write; ``still_valid`` is asked before sending and again after (see cache)."""
+
+    pairs: List[KVPair]
+    still_valid: Callable[[], bool]
+
+
+Task = Union[PutTask, Callable[[], None]]
+
+
+class BackgroundWriter:
+    """FIFO of L2 work served by one daemon thread, started lazily (and again after a fork)."""
+
+    def __init__(self, send_puts: Callable[[List[PutTask]], None], max_batch: int = 1000,
+                 exit_timeout: float = 10.0):
+        self._send_puts = send_puts
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: Deque[Task] = deque()
+        self._busy = 0
+        self._thread: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self._closed = False
+        atexit.register(self.drain, exit_timeout)
+
+    def submit(self, task: Task) -> None:
+        with self._cond:
+            self._ensure_thread()
+            self._queue.append(task)
+            self._busy += 1
+            self._cond.notify_all()
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Block until all submitted work is done; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+
+    def pending(self) -> int:
+        with self._cond:
+            return self._busy
+
+    def close(self, timeout: Optional[float] = 10.0) -> bool:
+        drained = self.drain(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        return drained
+
+    def _ensure_thread(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's thread and queue are not ours
+            self._pid, self._thread, self._busy = os.getpid(), None, 0
+            self._queue.clear()
+        if self._thread is None or not self._thread.is_alive():
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="peewee-kvcache-writer",
+                                            daemon=True)
+            self._thread.start()
+
+    def _next_batch(self) -> Optional[List[Task]]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._closed)
+            if not self._queue:
+                return None
+            first = self._queue.popleft()
+            if not isinstance(first, PutTask):
+                return [first]
+            batch: List[Task] = [first]
+            size = len(first.pairs)
+            while self._queue and isinstance(self._queue[0], PutTask) and size < self._max_batch:
+                task = self._queue.popleft()
+                size += len(task.pairs)  # type: ignore[union-attr]
+                batch.append(task)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                if isinstance(batch[0], PutTask):
+                    self._send_puts(batch)  # type: ignore[arg-type]
+                else:
+                    batch[0]()  # type: ignore[operator]
+            except Exception:  # the thread must survive any fault; callers degrade to the DB
+                log.exception("peewee_kvcache: background L2 work failed")
+            finally:
+                with self._cond:
+                    self._busy -= len(batch)
+                    self._cond.notify_all()

@@ -1,0 +1,123 @@
+"""Shared fixtures: a fresh cache per test and real databases, each test run in its own schema.
+
+PostgreSQL and MariaDB tests use the real servers. Every pytest session works in a schema (PG) or
+database (MariaDB) of its own, so tox environments can run in parallel against one server. A
+missing server fails the test in CI (CI=true) and skips it, with the reason, elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Callable, Iterator, List, Type
+
+import peewee
+import pytest
+
+from peewee_kvcache import (CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase,
+                            CloudflareKVCache, LocalKVNamespace)
+
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+MY = dict(host="127.0.0.1", port=3306, user="root", password="")
+RUN_ID = f"pkv_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+BACKENDS = ["sqlite", "postgres", "mysql"]
+
+
+def service_missing(name: str, exc: Exception) -> None:
+    message = f"{name} is not reachable: {exc}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must run every service-backed test)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_schema() -> Iterator[str]:
+    import psycopg2
+    try:
+        conn = psycopg2.connect(dbname="test", **PG)
+    except Exception as exc:  # noqa: BLE001 - any connect failure means "service missing"
+        service_missing("PostgreSQL", exc)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE SCHEMA "{RUN_ID}"')
+    yield RUN_ID
+    with conn.cursor() as cur:
+        cur.execute(f'DROP SCHEMA "{RUN_ID}" CASCADE')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mysql_database() -> Iterator[str]:
+    import pymysql
+    try:
+        conn = pymysql.connect(**MY, autocommit=True)
+    except Exception as exc:  # noqa: BLE001
+        service_missing("MariaDB", exc)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{RUN_ID}`")
+    yield RUN_ID
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE `{RUN_ID}`")
+    conn.close()
+
+
+@pytest.fixture
+def make_cache(tmp_path) -> Iterator[Callable[..., CloudflareKVCache]]:
+    """Caches sharing one local KV namespace; each call gets its own L1 unless told otherwise."""
+    made: List[CloudflareKVCache] = []
+    namespace = LocalKVNamespace(tmp_path / "kv")
+
+    def make(l1: str = "l1", **kwargs) -> CloudflareKVCache:
+        kwargs.setdefault("namespace", namespace)
+        cache = CloudflareKVCache(l1_directory=str(tmp_path / l1), **kwargs)
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        cache.close()
+
+
+@pytest.fixture
+def cache(make_cache) -> CloudflareKVCache:
+    return make_cache()
+
+
+def open_database(backend: str, cache: CloudflareKVCache, request, tmp_path) -> peewee.Database:
+    if backend == "sqlite":
+        return CachedSqliteDatabase(str(tmp_path / "app.db"), cache=cache,
+                                    pragmas={"foreign_keys": 1})
+    if backend == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        return CachedPostgresqlDatabase("test", cache=cache, options=f"-c search_path={schema}",
+                                        **PG)
+    database = request.getfixturevalue("mysql_database")
+    return CachedMySQLDatabase(database, cache=cache, **MY)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db(backend, cache, request, tmp_path) -> Iterator[peewee.Database]:
+    database = open_database(backend, cache, request, tmp_path)
+    yield database
+    if not database.is_closed():
+        database.close()
+
+
+@pytest.fixture
+def bind(db) -> Iterator[Callable[..., None]]:
+    """Bind models to ``db`` and create their tables; drop them afterwards."""
+    bound: List[Type[peewee.Model]] = []
+
+    def do(*models: Type[peewee.Model]) -> None:
+        db.bind(models, bind_refs=False, bind_backrefs=False)
+        db.drop_tables(models, safe=True)
+        db.create_tables(models)
+        bound.extend(models)
+
+    yield do
+    if bound:
+        db.drop_tables(bound, safe=True)
