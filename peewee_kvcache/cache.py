@@ -122,7 +122,7 @@ class CloudflareKVCache:
         if raw is None:
             return None
         try:
-            result, expires_at_ms = decode_entry(raw, self._secret)
+            result, expires_at_ms = decode_entry(raw, self._secret, digest.encode())
         except CodecError as exc:
             counter = "bad_signatures" if "signature" in str(exc) else "codec_errors"
             self._fault(counter, "L2 entry rejected")
@@ -165,7 +165,7 @@ class CloudflareKVCache:
             existing = self.l1.get(digest) if config.keep_ttl else None
             expires_at = config.expires_at_ms(now, self.default_ttl_ms,
                                               existing.expires_at_ms if existing else None)
-            payload = encode_entry(result, expires_at, self._secret)
+            payload = encode_entry(result, expires_at, self._secret, digest.encode())
         except UnsupportedValue as exc:
             log.info("peewee_kvcache: result not cached: %s", exc)
             self.counters.incr("uncacheable")

@@ -220,16 +220,20 @@ def _ext_hook(code: int, data: bytes, depth: int = 0) -> Any:
     return decode(data)
 
 
-def _mac(secret: bytes, header: Any, payload: Any) -> bytes:
+def _mac(secret: bytes, header: Any, payload: Any, context: bytes) -> bytes:
+    """HMAC over header, context (the entry's key) and payload: a signed entry copied to another
+    key fails the check, so a KV writer cannot serve one query's rows for another."""
     if not secret:
         raise ValueError("the signing secret must be non-empty bytes")
     mac = hmac.new(secret, header, hashlib.sha256)
+    mac.update(len(context).to_bytes(4, "big"))
+    mac.update(context)
     mac.update(payload)
     return mac.digest()
 
 
 def encode_entry(result: CachedResult, expires_at_ms: Optional[int],
-                 secret: Optional[bytes] = None) -> bytes:
+                 secret: Optional[bytes] = None, context: bytes = b"") -> bytes:
     """Serialize one result; raises UnsupportedValue when any value would not round-trip."""
     if expires_at_ms is not None and type(expires_at_ms) is not int:
         raise TypeError("expires_at_ms must be an int or None")
@@ -247,14 +251,15 @@ def encode_entry(result: CachedResult, expires_at_ms: Optional[int],
     if secret is None:
         return _HEADER.pack(_MAGIC, FORMAT_VERSION, 0) + payload
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, _FLAG_SIGNED)
-    return header + _mac(secret, header, payload) + payload
+    return header + _mac(secret, header, payload, context) + payload
 
 
 _STR_ONLY = frozenset((str,))
 _LIST_ONLY = frozenset((list,))
 
 
-def decode_entry(data: bytes, secret: Optional[bytes] = None) -> Tuple[CachedResult, Optional[int]]:
+def decode_entry(data: bytes, secret: Optional[bytes] = None,
+                 context: bytes = b"") -> Tuple[CachedResult, Optional[int]]:
     """Parse an entry into (result, expires_at_ms); any defect raises CodecError, never garbage."""
     view = memoryview(data)
     if len(view) < _HEADER.size:
@@ -272,7 +277,7 @@ def decode_entry(data: bytes, secret: Optional[bytes] = None) -> Tuple[CachedRes
         if len(view) < start:
             raise CodecError("truncated cache entry")
         if secret is not None:
-            expected = _mac(secret, view[:_HEADER.size], view[start:])
+            expected = _mac(secret, view[:_HEADER.size], view[start:], context)
             if not hmac.compare_digest(expected, view[_HEADER.size:start]):
                 raise CodecError("cache entry signature mismatch")
     elif secret is not None:

@@ -489,3 +489,12 @@ def test_postgres_driver_values_round_trip():
         back, _ = decode_entry(encode_entry(result, 1, SECRET), SECRET)
         assert back.columns == result.columns
         assert_same(result.rows, back.rows)
+
+
+def test_signature_binds_the_entry_to_its_key():
+    """A signed entry copied under another key must not verify there."""
+    result = CachedResult(("a",), [(1,)])
+    data = encode_entry(result, None, b"secret", context=b"key-1")
+    assert decode_entry(data, b"secret", context=b"key-1")[0] == result
+    with pytest.raises(CodecError):
+        decode_entry(data, b"secret", context=b"key-2")
