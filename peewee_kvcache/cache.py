@@ -16,8 +16,9 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 import platformdirs
 
 from . import index
-from .codec import CachedResult, CodecError, UnsupportedValue, decode_entry, encode_entry
-from .config import DEFAULT_CONFIG, CacheConfig, now_ms
+from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
+                    encode_entry)
+from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
 from .index import KeyLayout
 from .kv.base import KVNamespace
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
@@ -61,11 +62,13 @@ class CloudflareKVCache:
                  secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        CacheConfig(ex=default_ttl)  # validates default_ttl with the same rules as ex=
+        check_positive_int("default_ttl", default_ttl)
         if not isinstance(prefix, str) or not prefix or len(prefix.encode()) > 64:
             raise ValueError(f"prefix must be a non-empty str of at most 64 bytes, got {prefix!r}")
         if secret is not None and not isinstance(secret, (str, bytes)):
             raise TypeError(f"secret must be str or bytes, got {type(secret).__name__}")
+        if secret is not None and not secret:
+            raise ValueError("secret must not be empty (an empty key signs nothing)")
         self.strategy = strategy
         self.default_ttl_ms = default_ttl * 1000
         self.prefix = prefix
@@ -123,9 +126,11 @@ class CloudflareKVCache:
             return None
         try:
             result, expires_at_ms = decode_entry(raw, self._secret, digest.encode())
-        except CodecError as exc:
-            counter = "bad_signatures" if "signature" in str(exc) else "codec_errors"
-            self._fault(counter, "L2 entry rejected")
+        except SignatureError:
+            self._fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
+            return None
+        except CodecError:
+            self._fault("codec_errors", "corrupt L2 entry rejected")
             return None
         now = now_ms()
         if expires_at_ms is None or expires_at_ms <= now:
@@ -162,9 +167,8 @@ class CloudflareKVCache:
                 self.counters.incr("stores_refused")
                 return False
             now = now_ms()
-            existing = self.l1.get(digest) if config.keep_ttl else None
-            expires_at = config.expires_at_ms(now, self.default_ttl_ms,
-                                              existing.expires_at_ms if existing else None)
+            existing = self._live_expiry(digest) if config.keep_ttl else None
+            expires_at = config.expires_at_ms(now, self.default_ttl_ms, existing)
             payload = encode_entry(result, expires_at, self._secret, digest.encode())
         except UnsupportedValue as exc:
             log.info("peewee_kvcache: result not cached: %s", exc)
@@ -186,6 +190,21 @@ class CloudflareKVCache:
                                         expiration)
         self.writer.submit(PutTask(pairs, lambda: self._still_current(names, tokens)))
         return True
+
+    def _live_expiry(self, digest: str) -> Optional[int]:
+        """Expiry of the live entry under ``digest`` (L1, else L2), for keep_ttl; None if none.
+
+        An entry whose stamp is out of date was invalidated: like a Redis DEL, it has no TTL left.
+        """
+        entry = self.l1.get(digest)
+        if entry is not None:
+            return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
+        try:
+            raw = self.namespace.get(self.layout.entry_key(digest))
+            return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
+        except Exception:
+            self._fault("l2_errors", "L2 read for keep_ttl failed")
+            return None
 
     def _still_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
         try:
@@ -334,8 +353,9 @@ class CloudflareKVCache:
             self.l1.clear()
         except Exception:
             self._fault("l1_errors", "L1 clear failed")
-        try:
-            keys = [info.name for info in self.namespace.list_all(self.prefix)]
+        try:  # by kind: a bare prefix "a" would also match another cache's "ab..." keys
+            keys = [info.name for kind in (index.ENTRY, index.TABLE, index.TAG)
+                    for info in self.namespace.list_all(self.prefix + kind)]
         except Exception:
             self._fault("l2_errors", "L2 listing for clear failed")
             return

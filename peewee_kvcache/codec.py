@@ -36,6 +36,10 @@ class CodecError(ValueError):
     """The bytes are not a valid entry: corrupt, another format version, or failed signature."""
 
 
+class SignatureError(CodecError):
+    """A signing secret is configured and the entry is unsigned or its signature is wrong."""
+
+
 class UnsupportedValue(CodecError):
     """A value the codec cannot reproduce exactly; the caller should just not cache it."""
 
@@ -279,9 +283,9 @@ def decode_entry(data: bytes, secret: Optional[bytes] = None,
         if secret is not None:
             expected = _mac(secret, view[:_HEADER.size], view[start:], context)
             if not hmac.compare_digest(expected, view[_HEADER.size:start]):
-                raise CodecError("cache entry signature mismatch")
+                raise SignatureError("cache entry signature mismatch")
     elif secret is not None:
-        raise CodecError("unsigned cache entry while a signing secret is configured")
+        raise SignatureError("unsigned cache entry while a signing secret is configured")
     try:
         payload = msgpack.unpackb(view[start:], ext_hook=_ext_hook, unicode_errors="surrogatepass")
     except CodecError:

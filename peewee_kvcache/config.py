@@ -17,7 +17,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
+def check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value <= 0:
@@ -48,7 +48,7 @@ class CacheConfig:
         if self.keep_ttl and given:
             raise ValueError(f"keep_ttl=True cannot be combined with {given[0]}")
         for name in given:
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.exat is not None and self.exat * 1000 <= now_ms():
             raise ValueError(f"exat={self.exat} is in the past")
         if self.pxat is not None and self.pxat <= now_ms():

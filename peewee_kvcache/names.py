@@ -14,9 +14,14 @@ MAX_TAG_BYTES = 128
 
 
 def table_names_of(tables: Iterable[Any]) -> List[str]:
-    """Normalised table names from models, ``Table`` objects or strings."""
+    """Normalised table names from models, ``Table`` objects or strings (one, or a collection)."""
+    if tables is None:
+        return []
     if isinstance(tables, (str, peewee.Table)) or _is_model(tables):
         tables = [tables]
+    elif not isinstance(tables, (list, tuple, set, frozenset)):
+        raise ValueError(f"tables must be a model, a Table, a name or a list of them, "
+                         f"got {tables!r}")
     names = []
     for table in tables:
         if _is_model(table):
@@ -37,6 +42,8 @@ def tag_list(tags: Union[str, Iterable[str], None]) -> List[str]:
         return []
     if isinstance(tags, str):
         tags = [tags]
+    elif not isinstance(tags, (list, tuple, set, frozenset)):
+        raise TypeError(f"tags must be a str or a list of str, got {tags!r}")
     result = []
     for tag in tags:
         if not isinstance(tag, str):

@@ -42,24 +42,27 @@ class _PeeweeMySQL(MySQL):
         }
 
         def _parse_pyformat(self) -> exp.Placeholder:
-            """``%s`` or ``%(name)s``, the ``%`` already consumed (what sqlglot's Postgres does)."""
-            named = self._match(TokenType.L_PAREN, advance=False)
-            name = self._parse_wrapped(self._parse_id_var) if named else None
+            """``%s``, the ``%`` already consumed. (``%(name)s`` still fails to parse, and so is
+            handled as unparseable: sqlglot's MySQL parser takes ``%(`` for a function call.)"""
             self._match_text_seq("S")
-            return exp.Placeholder(this=name)
+            return exp.Placeholder()
 
 
-_DIALECTS: Dict[str, Dialect] = {"postgres": Postgres(), "mysql": _PeeweeMySQL(), "sqlite": SQLite()}
+_DIALECTS: Dict[str, Dialect] = {
+    "postgres": Postgres(), "mysql": _PeeweeMySQL(), "sqlite": SQLite(),
+}
 
 # First keywords settled without sqlglot: Peewee sends these constantly and sqlglot mis-parses some.
-_TRANSACTION = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE"})
+_TRANSACTION = frozenset({
+    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+})
 _NO_ROW_CHANGE = frozenset({
     "SET", "SHOW", "PRAGMA", "VACUUM", "ANALYZE", "ANALYSE", "LISTEN", "UNLISTEN", "NOTIFY", "USE",
     "CHECKPOINT", "REINDEX", "CLUSTER", "GRANT", "REVOKE", "LOCK", "UNLOCK", "DISCARD", "RESET",
     "DEALLOCATE", "ATTACH", "DETACH",
 })
 _EXPLAIN = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})  # MySQL: DESCRIBE is a synonym of EXPLAIN
-_OPAQUE = frozenset({"CALL", "DO", "EXECUTE", "EXEC"})  # run code whose writes the text doesn't show
+_OPAQUE = frozenset({"CALL", "DO", "EXECUTE", "EXEC"})  # run code whose writes the text hides
 _STATEMENT_START = frozenset({
     "SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "VALUES", "TABLE", "CREATE",
     "EXECUTE", "DECLARE",
@@ -69,8 +72,9 @@ _DML_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "INTO"})
 # Functions whose result differs between calls (or sessions), or which have side effects.
 _VOLATILE_NAMES = frozenset({
     "nextval", "setval", "currval", "lastval", "random", "rand", "randomblob", "random_bytes",
-    "gen_random_bytes", "now", "current_timestamp", "current_date", "current_time", "current_datetime",
-    "localtime", "localtimestamp", "clock_timestamp", "statement_timestamp", "transaction_timestamp",
+    "gen_random_bytes", "now", "current_timestamp", "current_date", "current_time",
+    "current_datetime", "localtime", "localtimestamp", "clock_timestamp", "statement_timestamp",
+    "transaction_timestamp",
     "timeofday", "sysdate", "utc_timestamp", "utc_date", "utc_time", "unix_timestamp", "curdate",
     "curtime", "uuid", "uuid_short", "gen_random_uuid", "get_lock", "release_lock",
     "release_all_locks", "is_free_lock", "is_used_lock", "sleep", "last_insert_id",
@@ -82,15 +86,17 @@ _VOLATILE_PREFIXES = (
     "uuid_generate_", "pg_advisory_", "pg_try_advisory_", "txid_", "pg_current_xact_id", "pg_sleep",
     "lo_", "dblink",
 )
-# sqlglot turns several of the above into typed nodes (NOW() -> CurrentTimestamp, ...); the set of
-# node classes differs between sqlglot releases, hence the lookup by name.
+# sqlglot turns several of the above into typed nodes (NOW() -> CurrentTimestamp, ...). Looked up
+# by name so that a class renamed by a later sqlglot can't break the import (the names above still
+# catch those calls).
 _VOLATILE_NODES = tuple(getattr(exp, name) for name in (
     "CurrentTimestamp", "CurrentDate", "CurrentTime", "CurrentDatetime", "Localtime",
     "Localtimestamp", "UtcTimestamp", "UtcDate", "UtcTime", "Rand", "Randn", "Uuid", "CurrentUser",
     "SessionUser",
 ) if hasattr(exp, name))
-_NOW_BY_DEFAULT = frozenset({"date", "time", "datetime", "julianday", "unixepoch"})  # SQLite: no arg = 'now'
-_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})  # SQLite/Postgres time literals
+# SQLite's date/time functions default to 'now' when the time value is left out.
+_NOW_BY_DEFAULT = frozenset({"date", "time", "datetime", "julianday", "unixepoch"})
+_TIME_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})  # 'now' in SQLite and Postgres
 _KIND_ORDER = ("other", "transaction", "select", "ddl", "write")
 _OPEN_QUOTES = {'"': '"', "`": "`", "[": "]"}
 _CASCADING_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
@@ -105,9 +111,10 @@ def normalize_table(name: str) -> str:
         if quote and char == quote and text[i + 1:i + 2] == quote:  # doubled quote = literal quote
             current.append(char)
             i += 1
+        elif quote and char == quote:
+            quote = ""
         elif quote:
-            quote = "" if char == quote else quote
-            current.extend(char if quote else "")
+            current.append(char)
         elif char in _OPEN_QUOTES:
             quote = _OPEN_QUOTES[char]
         elif char == ".":
@@ -210,20 +217,26 @@ def _may_write(sql: str, parser: Dialect) -> bool:
         tokens = parser.tokenize(sql)
     except Exception:
         return True
-    words = [t.text.upper() for t in tokens if t.token_type not in (TokenType.STRING, TokenType.IDENTIFIER)]
-    return any(w in _DML_WORDS and not (w == "UPDATE" and i and words[i - 1] in ("FOR", "KEY"))
-               for i, w in enumerate(words))
+    words = [""] + [_keyword(token) for token in tokens]
+    return any(word in _DML_WORDS and not (word == "UPDATE" and before in ("FOR", "KEY"))
+               for before, word in zip(words, words[1:]))  # FOR [NO KEY] UPDATE is a lock
+
+
+def _keyword(token: Token) -> str:
+    """The token's text upper-cased, or "" for a string or quoted name (never a keyword)."""
+    quoted = token.token_type in (TokenType.STRING, TokenType.IDENTIFIER)
+    return "" if quoted else token.text.upper()
 
 
 def _explain(rest: str, parser: Dialect) -> SqlInfo:
-    """EXPLAIN (``rest`` follows the keyword) only plans a statement; EXPLAIN ANALYZE also runs it."""
+    """EXPLAIN (``rest`` follows the keyword) only plans a statement; EXPLAIN ANALYZE runs it."""
     try:
         tokens = parser.tokenize(rest)
     except Exception as error:
         return _unknown_write(f"cannot tokenize EXPLAIN: {error}")
     depth, analyze = 0, False
     for token in tokens:
-        word = "" if token.token_type in (TokenType.STRING, TokenType.IDENTIFIER) else token.text.upper()
+        word = _keyword(token)
         depth += (token.token_type == TokenType.L_PAREN) - (token.token_type == TokenType.R_PAREN)
         analyze = analyze or word in ("ANALYZE", "ANALYSE")
         if depth == 0 and word in _STATEMENT_START:
@@ -246,9 +259,8 @@ def _rename(rest: str, parser: Dialect) -> SqlInfo:
         return _unknown_write("RENAME of something other than a table")
     names: Set[str] = set()
     last = ""
-    for token in tokens[1:] + [None]:  # each name ends at TO, a comma or the end; keep its last part
-        is_to = token is not None and token.token_type != TokenType.IDENTIFIER and token.text.upper() == "TO"
-        if token is None or is_to or token.token_type == TokenType.COMMA:
+    for token in tokens[1:] + [None]:  # a name ends at TO, a comma or the end; keep its last part
+        if token is None or _keyword(token) == "TO" or token.token_type == TokenType.COMMA:
             names.update([last.lower()] if last else [])
             last = ""
         elif token.token_type != TokenType.DOT:
@@ -268,15 +280,18 @@ def _dml_targets(tree: exp.Expression) -> Tuple[List[exp.Expression], List[exp.E
     targets: List[exp.Expression] = []
     names: List[exp.Expression] = []
     for node in tree.find_all(exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy, exp.Into):
-        if isinstance(node.parent, exp.When) or (isinstance(node, exp.Copy) and not node.args.get("kind")):
-            continue  # MERGE's actions hit the MERGE target; COPY ... TO only reads
+        if isinstance(node.parent, exp.When):
+            continue  # MERGE's INSERT/UPDATE/DELETE actions hit the MERGE target
+        if isinstance(node, exp.Copy) and not node.args.get("kind"):
+            continue  # COPY ... TO only reads
         if isinstance(node, exp.Into) and not _is_table(node.this):
             continue  # SELECT ... INTO @variable: no table written
         refs = node.args.get("tables") if isinstance(node, exp.Delete) else None
         if refs:  # MySQL DELETE t1, t2 FROM ...: the listed names are FROM aliases or tables
             names.extend(refs)
             ref_ids = {id(ref) for ref in refs}
-            aliases = {t.alias_or_name.lower(): t for t in node.find_all(exp.Table) if id(t) not in ref_ids}
+            aliases = {table.alias_or_name.lower(): table
+                       for table in node.find_all(exp.Table) if id(table) not in ref_ids}
             targets.extend(aliases.get(ref.name.lower(), ref) for ref in refs)
             continue
         target = node.this.this if isinstance(node.this, exp.Schema) else node.this
@@ -290,8 +305,9 @@ def _dml_targets(tree: exp.Expression) -> Tuple[List[exp.Expression], List[exp.E
 def _ddl_targets(ddl: exp.Expression) -> Tuple[List[exp.Expression], List[exp.Expression], bool]:
     """(tables changed, object names that are not tables read, whether more may change)."""
     kind = str(ddl.args.get("kind") or "").upper()
-    if isinstance(ddl, exp.TruncateTable):  # CASCADE also empties every referencing table
-        return list(ddl.expressions), [], str(ddl.args.get("option") or "").upper() == "CASCADE"
+    if isinstance(ddl, exp.TruncateTable):  # CASCADE empties all referencing tables, whatever FK
+        cascade = str(ddl.args.get("option") or "").upper() == "CASCADE"
+        return list(ddl.expressions), [], cascade
     if isinstance(ddl, exp.Create) and kind == "INDEX":
         table = ddl.this.args.get("table") if isinstance(ddl.this, exp.Index) else None
         return ([table], [], False) if table is not None else ([], [], True)
@@ -300,8 +316,11 @@ def _ddl_targets(ddl: exp.Expression) -> Tuple[List[exp.Expression], List[exp.Ex
     if isinstance(ddl, exp.Drop):
         dropped = ddl.args.get("tables") or [ddl.this]
         if kind == "INDEX":  # rows never change; MySQL's DROP INDEX i ON t still touches t
-            return [t for prop in ddl.find_all(exp.OnProperty) for t in prop.find_all(exp.Table)], dropped, False
-        return (dropped, [], bool(ddl.args.get("cascade"))) if kind in ("TABLE", "VIEW") else ([], dropped, True)
+            on = [t for prop in ddl.find_all(exp.OnProperty) for t in prop.find_all(exp.Table)]
+            return on, dropped, False
+        if kind in ("TABLE", "VIEW"):  # CASCADE also drops dependent views
+            return dropped, [], bool(ddl.args.get("cascade"))
+        return [], dropped, True
     if isinstance(ddl, exp.Alter) and kind in ("TABLE", "VIEW"):  # covers RENAME TO: old and new
         return list(ddl.find_all(exp.Table)), [], False
     return [], [], True  # schemas, sequences, types, functions...: effects beyond one table
@@ -316,7 +335,8 @@ def _is_cte_reference(table: exp.Table) -> bool:
         parent = node.parent
         if isinstance(node, exp.CTE) and isinstance(parent, exp.With):
             position = next(i for i, cte in enumerate(parent.expressions) if cte is node)
-            visible = parent.expressions if parent.args.get("recursive") else parent.expressions[:position]
+            recursive = parent.args.get("recursive")
+            visible = parent.expressions if recursive else parent.expressions[:position]
             if any(cte.alias_or_name.lower() == name for cte in visible):
                 return True
             if parent.parent is None:
@@ -337,11 +357,13 @@ def _volatile(tree: exp.Expression) -> str:
             if node.is_string and node.this.strip().lower() in _TIME_WORDS:
                 return f"time-dependent literal {node.sql()}"
             continue
-        names = {node.name.lower()} if isinstance(node, exp.Anonymous) else {n.lower() for n in node.sql_names()}
+        anonymous = isinstance(node, exp.Anonymous)
+        names = {node.name.lower()} if anonymous else {name.lower() for name in node.sql_names()}
         arguments = sum(1 for _ in node.iter_expressions())
         if (isinstance(node, _VOLATILE_NODES) or names & _VOLATILE_NAMES
-                or any(n.startswith(_VOLATILE_PREFIXES) for n in names)
-                or (names & _NOW_BY_DEFAULT and not arguments) or ("strftime" in names and arguments < 2)):
+                or any(name.startswith(_VOLATILE_PREFIXES) for name in names)
+                or (names & _NOW_BY_DEFAULT and not arguments)
+                or ("strftime" in names and arguments < 2)):
             return f"volatile function {node.sql()}"
     return ""
 
