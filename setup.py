@@ -21,9 +21,10 @@ setup(
         "peewee>=3.17",
         "requests>=2.28",
         "diskcache>=5.6",
-        "sqlglot>=25.0",
+        "sqlglot>=30,<31",
         "msgpack>=1.0",
         "platformdirs>=3.0",
+        "pybreaker>=1.0",
     ],
     extras_require={
         "postgres": POSTGRES,

@@ -10,20 +10,22 @@ import hashlib
 import logging
 import math
 import os
-import uuid
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import platformdirs
+import pybreaker
 
 from . import index
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     encode_entry)
 from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
 from .index import KeyLayout
-from .kv.base import KVNamespace
+from .kv.base import KVError, KVNamespace, KVPair
+from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
 from .l1 import L1Entry, L1Store
+from .outbox import LEASE_MS, Job, Outbox
 from .names import EVERYTHING, stamp_names, table_names_of, tag_digest_part, tag_list
 from .stats import CacheStats, Counters
 from .writer import BackgroundWriter, PutTask
@@ -31,8 +33,16 @@ from .writer import BackgroundWriter, PutTask
 log = logging.getLogger("peewee_kvcache")
 
 STRATEGIES = ("explicit", "all")
-#: how long this host refuses L2 reads for a name whose L2 invalidation is under way
-PENDING_TIMEOUT_S = 600.0
+T = TypeVar("T")
+
+
+def _not_a_kv_fault(exc: BaseException) -> bool:
+    """Exceptions the circuit breaker ignores: our own request refused (4xx but 429) or the
+    budget guard, which say nothing about KV's health."""
+    if isinstance(exc, BudgetExhausted):
+        return True
+    return (isinstance(exc, KVError) and exc.status is not None and 400 <= exc.status < 500
+            and exc.status != 429)
 
 
 def default_directory(kind: str) -> str:
@@ -59,7 +69,9 @@ class CloudflareKVCache:
 
     def __init__(self, namespace: Optional[KVNamespace] = None, *, l1_directory: Optional[str] = None,
                  strategy: str = "explicit", default_ttl: int = 300, prefix: str = "pkv:",
-                 secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30):
+                 secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30,
+                 breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
+                 propagation_delay: Optional[float] = None):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_positive_int("default_ttl", default_ttl)
@@ -78,7 +90,16 @@ class CloudflareKVCache:
         self.l1 = L1Store(l1_directory or default_directory("l1"), size_limit=l1_size_limit)
         self.layout = KeyLayout(prefix)
         self.counters = Counters()
-        self.writer = BackgroundWriter(self._send_puts)
+        self.breaker = pybreaker.CircuitBreaker(fail_max=breaker_fail_max,
+                                                reset_timeout=breaker_reset_timeout,
+                                                exclude=[_not_a_kv_fault], name="kv")
+        self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
+                                  else propagation_delay)
+        self.outbox = Outbox(self.l1.directory)
+        self._own_jobs: set = set()
+        self.writer = BackgroundWriter(self._send_puts, self._run_due_jobs)
+        if len(self.outbox):
+            self.writer.start()  # sweeps an earlier process left unfinished
 
     def __repr__(self) -> str:
         return (f"CloudflareKVCache(namespace={self.namespace!r}, l1={self.l1.directory!r}, "
@@ -117,11 +138,7 @@ class CloudflareKVCache:
         except Exception:
             self._fault("l1_errors", "L1 token read failed")
             return None
-        try:
-            raw = self.namespace.get(self.layout.entry_key(digest))
-        except Exception:
-            self._fault("l2_errors", "L2 read failed")
-            return None
+        ok, raw = self._l2("L2 read failed", self.namespace.get, self.layout.entry_key(digest))
         if raw is None:
             return None
         try:
@@ -185,10 +202,17 @@ class CloudflareKVCache:
         if len(payload) > MAX_VALUE_BYTES:
             self.counters.incr("oversized")  # stays in L1 only
             return True
-        expiration = max(math.ceil(expires_at / 1000), now // 1000 + MIN_EXPIRATION_TTL + 1)
-        pairs = self.layout.entry_pairs(digest, payload, [n for n in names if n != EVERYTHING],
-                                        expiration)
-        self.writer.submit(PutTask(pairs, lambda: self._still_current(names, tokens)))
+        markers = [n for n in names if n != EVERYTHING]
+
+        def build(now_s: int) -> List[KVPair]:
+            """KV needs expirations ≥ now + 60 s: the true expiry travels inside the entry."""
+            if expires_at <= now_s * 1000:
+                return []
+            expiration = max(math.ceil(expires_at / 1000), now_s + MIN_EXPIRATION_TTL + 1)
+            return self.layout.entry_pairs(digest, payload, markers, expiration)
+
+        self.writer.submit(PutTask(1 + len(markers), build,
+                                   lambda: self._still_current(names, tokens)))
         return True
 
     def _live_expiry(self, digest: str) -> Optional[int]:
@@ -199,11 +223,11 @@ class CloudflareKVCache:
         entry = self.l1.get(digest)
         if entry is not None:
             return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
+        ok, raw = self._l2("L2 read for keep_ttl failed", self.namespace.get,
+                           self.layout.entry_key(digest))
         try:
-            raw = self.namespace.get(self.layout.entry_key(digest))
             return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
-        except Exception:
-            self._fault("l2_errors", "L2 read for keep_ttl failed")
+        except CodecError:
             return None
 
     def _still_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
@@ -220,19 +244,33 @@ class CloudflareKVCache:
         before this write landed: either the invalidation's bump is visible here, or it happened
         after the write and its sweep sees the markers.
         """
-        live = [task for task in tasks if task.still_valid()]
-        if not live:
+        now_s = now_ms() // 1000
+        live = [(task, task.build(now_s)) for task in tasks if task.still_valid()]
+        pairs = [pair for _, task_pairs in live for pair in task_pairs]
+        if not pairs:
             return
-        try:
-            failed = self.namespace.bulk_put([pair for task in live for pair in task.pairs])
-            if failed:
-                self._fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
-        except Exception:
-            self._fault("l2_errors", "L2 bulk write failed")
+        ok, failed = self._l2("L2 bulk write failed", self.namespace.bulk_put, pairs)
+        if not ok:
             return
-        stale = [pair.key for task in live if not task.still_valid() for pair in task.pairs]
+        if failed:
+            self._fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
+        stale = [pair.key for task, task_pairs in live if not task.still_valid()
+                 for pair in task_pairs]
         if stale:
             self._delete_l2(stale)
+
+    def _l2(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
+        """One L2 call through the circuit breaker: (True, result), or (False, None) after
+        logging and counting the fault. Nothing is raised: L2 is an optimisation."""
+        try:
+            return True, self.breaker.call(call, *args)
+        except BudgetExhausted:
+            self.counters.incr("l2_budget_skipped")
+        except pybreaker.CircuitBreakerError:
+            self.counters.incr("l2_circuit_open")
+        except Exception:
+            self._fault("l2_errors", what)
+        return False, None
 
     # -- invalidation -----------------------------------------------------------------------
     def invalidate(self, tables: Iterable[Any] = (), tags: Union[str, Iterable[str], None] = None
@@ -250,47 +288,82 @@ class CloudflareKVCache:
         self.invalidate_names([EVERYTHING])
 
     def invalidate_names(self, names: Sequence[str]) -> None:
+        """Invalidate now: record the sweep, bump the tokens, sweep L2 in the background."""
+        job = self.prepare_invalidation(names)
+        if job is not None:
+            self.complete_invalidation(job)
+
+    def prepare_invalidation(self, names: Sequence[str]) -> Optional[Job]:
+        """Record the L2 sweep durably *before* the write commits, and stop this host reading
+        the names from L2 until it succeeded. A crash after the commit leaves the job behind
+        for the next process; a rollback only costs a needless sweep."""
         if not names:
-            return
-        names = sorted(set(names))
-        self.counters.incr("invalidations")
-        marker = uuid.uuid4().hex
+            return None
+        names = tuple(sorted(set(names)))
         try:
-            self.l1.mark_pending(names, marker, PENDING_TIMEOUT_S)
-            self.l1.bump(names)
+            job = self.outbox.add(names, now_ms() + LEASE_MS)
+            self.l1.mark_pending(names, job.job_id)
+        except Exception:
+            self._fault("l1_errors", "recording an invalidation failed")
+            job = Job("", names)
+        self._own_jobs.add(job.job_id)
+        return job
+
+    def complete_invalidation(self, job: Job) -> None:
+        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
+        self.counters.incr("invalidations")
+        try:
+            self.l1.bump(job.names)
         except Exception:
             self._fault("l1_errors", "L1 invalidation failed")
-        self.writer.submit(lambda: self._sweep_l2(names, marker))
+        self.writer.submit(lambda: self._run_job(job))
 
-    def _sweep_l2(self, names: Sequence[str], marker: str) -> None:
-        """List each name's markers and bulk-delete them with their entries."""
+    def _run_due_jobs(self) -> None:
+        """Writer tick: retries, late re-sweeps and jobs other processes left behind."""
+        try:
+            jobs = list(self.outbox.claim_due(now_ms()))
+        except Exception:
+            self._fault("l1_errors", "reading the invalidation outbox failed")
+            return
+        for job in jobs:
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
+        """Sweep L2 for one job; on failure leave it in the outbox with a backoff."""
+        if job.job_id not in self._own_jobs:
+            self.l1.bump(job.names)  # its writer may have died before bumping this host's L1
+        if not self._sweep_l2(job.names):
+            if job.job_id:
+                self.outbox.retry(job, now_ms())
+            return
+        self._own_jobs.discard(job.job_id)
+        if not job.job_id:
+            return
+        self.outbox.done(job)
+        if job.sweep == 1:
+            self.l1.clear_pending(job.names, job.job_id)
+            if self.propagation_delay > 0:  # KV's list may not yet show other hosts' markers
+                self.outbox.add(job.names, now_ms() + int(self.propagation_delay * 1000), sweep=2)
+
+    def _sweep_l2(self, names: Sequence[str]) -> bool:
+        """List each name's markers and bulk-delete them with their entries; True on success."""
         keys: List[str] = []
-        try:
-            for name in names:
-                prefix = (self.prefix + index.TABLE if name == EVERYTHING
-                          else self.layout.marker_prefix(name))
-                for info in self.namespace.list_all(prefix):
-                    keys.extend(self.layout.keys_for_marker(info.name))
-        except Exception:
-            self._fault("l2_errors", "L2 invalidation listing failed")
-            return
-        if keys and not self._delete_l2(sorted(set(keys))):
-            return
-        try:
-            self.l1.clear_pending(names, marker)
-        except Exception:
-            self._fault("l1_errors", "clearing pending invalidation failed")
+        for name in names:
+            prefix = (self.prefix + index.TABLE if name == EVERYTHING
+                      else self.layout.marker_prefix(name))
+            ok, infos = self._l2("L2 invalidation listing failed",
+                                 lambda p: list(self.namespace.list_all(p)), prefix)
+            if not ok:
+                return False
+            for info in infos or ():
+                keys.extend(self.layout.keys_for_marker(info.name))
+        return not keys or self._delete_l2(sorted(set(keys)))
 
     def _delete_l2(self, keys: Sequence[str]) -> bool:
-        try:
-            failed = self.namespace.bulk_delete(keys)
-        except Exception:
-            self._fault("l2_errors", "L2 bulk delete failed")
-            return False
-        if failed:
+        ok, failed = self._l2("L2 bulk delete failed", self.namespace.bulk_delete, keys)
+        if ok and failed:
             self._fault("l2_errors", f"L2 bulk delete left {len(failed)} keys")
-            return False
-        return True
+        return ok and not failed
 
     # -- the seed's API ---------------------------------------------------------------------
     def get(self, key: str, tables: Iterable[Any] = (), is_tag: bool = False,
@@ -333,18 +406,24 @@ class CloudflareKVCache:
         counts = {}
         for field_name, kind in (("total_keys", index.ENTRY), ("table_keys", index.TABLE),
                                  ("tag_keys", index.TAG)):
-            try:
-                counts[field_name] = sum(1 for _ in self.namespace.list_all(self.prefix + kind))
-            except Exception:
-                self._fault("l2_errors", "L2 listing for stats failed")
-                counts[field_name] = -1
+            ok, n = self._l2("L2 listing for stats failed",
+                             lambda p: sum(1 for _ in self.namespace.list_all(p)), self.prefix + kind)
+            counts[field_name] = n if ok else -1
         try:
             l1 = self.l1.stats()
         except Exception:
             self._fault("l1_errors", "L1 stats failed")
             l1 = {}
         return CacheStats(**counts, **self.counters.snapshot(), **l1,
-                          pending_l2_work=self.writer.pending())
+                          pending_l2_work=self.writer.pending(),
+                          outbox_jobs=self._outbox_len(), l2_circuit=self.breaker.current_state)
+
+    def _outbox_len(self) -> int:
+        try:
+            return len(self.outbox)
+        except Exception:
+            self._fault("l1_errors", "reading the invalidation outbox failed")
+            return -1
 
     def clear_all(self) -> None:
         """Empty both levels for this cache's prefix (other prefixes in the namespace stay)."""
@@ -353,17 +432,15 @@ class CloudflareKVCache:
             self.l1.clear()
         except Exception:
             self._fault("l1_errors", "L1 clear failed")
-        try:  # by kind: a bare prefix "a" would also match another cache's "ab..." keys
-            keys = [info.name for kind in (index.ENTRY, index.TABLE, index.TAG)
-                    for info in self.namespace.list_all(self.prefix + kind)]
-        except Exception:
-            self._fault("l2_errors", "L2 listing for clear failed")
-            return
+        ok, keys = self._l2("L2 listing for clear failed", lambda: [  # by kind: a bare prefix
+            info.name for kind in (index.ENTRY, index.TABLE, index.TAG)  # "a" would match "ab"
+            for info in self.namespace.list_all(self.prefix + kind)])
         if keys:
             self._delete_l2(keys)
 
     def close(self) -> None:
         self.writer.close()
+        self.outbox.close()
         self.l1.close()
         self.namespace.close()
 

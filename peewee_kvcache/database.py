@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, FrozenSet, Optional, Set
+from typing import Any, Iterable, List, Optional, Set
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
@@ -24,9 +24,9 @@ from .cache import CloudflareKVCache, digest_of
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .cursor import CachedCursor
 from .index import table_name
-from .names import stamp_names, tag_digest_part
+from .names import EVERYTHING, stamp_names, tag_digest_part
 from .query import CacheOptions, find_options
-from .tables import SqlInfo, analyze_sql, cascade_closure
+from .tables import analyze_sql, cascade_closure
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -41,6 +41,11 @@ class _Txn:
     baseline: Optional[int]
     written: Set[str] = field(default_factory=set)
     everything: bool = False
+
+
+def _names(tables: Iterable[str], everything: bool) -> List[str]:
+    """Token names a write invalidates."""
+    return ([EVERYTHING] if everything else []) + [table_name(t) for t in tables]
 
 
 def _dialect(db: peewee.Database) -> str:
@@ -150,27 +155,18 @@ class CachedDatabase:
             return cursor
         if not (info.written_tables or info.writes_unknown):
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        tables = cascade_closure(info.written_tables)
+        txn = self._kv_txn()
+        if txn is not None:  # invalidated at COMMIT; until then reads of these bypass the cache
+            txn.written |= tables
+            txn.everything |= info.writes_unknown
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        job = self.cache.prepare_invalidation(_names(tables, info.writes_unknown))
         try:
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
         finally:  # even a failed write may have changed rows (a server-side partial effect)
-            self._note_write(info)
-
-    def _note_write(self, info: SqlInfo) -> None:
-        tables = cascade_closure(info.written_tables)
-        txn = self._kv_txn()
-        if txn is not None:
-            txn.written |= tables
-            txn.everything |= info.writes_unknown
-        else:
-            self._invalidate(tables, info.writes_unknown)
-
-    def _invalidate(self, tables: FrozenSet[str] | Set[str], everything: bool) -> None:
-        try:
-            if everything:
-                self.cache.invalidate_everything()
-            self.cache.invalidate_names([table_name(t) for t in tables])
-        except Exception:  # the cache logs its own faults; this guards the caller's write
-            log.exception("peewee_kvcache: invalidation failed")
+            if job is not None:
+                self.cache.complete_invalidation(job)
 
     # -- transactions -----------------------------------------------------------------------
     def _kv_txn(self) -> Optional[_Txn]:
@@ -185,9 +181,9 @@ class CachedDatabase:
         self._kv_local.txn = None
         return txn
 
-    def _finish_txn(self, txn: Optional[_Txn], committed: bool) -> None:
-        if txn is not None and committed and (txn.written or txn.everything):
-            self._invalidate(txn.written, txn.everything)
+    @staticmethod
+    def _txn_names(txn: Optional[_Txn]) -> List[str]:
+        return _names(txn.written, txn.everything) if txn is not None else []
 
     def begin(self, *args: Any, **kwargs: Any) -> Any:
         result = super().begin(*args, **kwargs)  # type: ignore[misc]
@@ -195,11 +191,12 @@ class CachedDatabase:
         return result
 
     def commit(self) -> Any:
-        txn = self._take_txn()
+        job = self.cache.prepare_invalidation(self._txn_names(self._take_txn()))
         try:
             return super().commit()  # type: ignore[misc]
         finally:  # a failed COMMIT invalidates too: re-invalidating is always safe
-            self._finish_txn(txn, committed=True)
+            if job is not None:
+                self.cache.complete_invalidation(job)
 
     def rollback(self) -> Any:
         self._take_txn()  # nothing uncommitted was ever stored, so nothing to invalidate
@@ -218,7 +215,7 @@ class CachedDatabase:
         if words[0] in ("BEGIN", "START"):
             self._start_txn()
         elif words[0] in ("COMMIT", "END"):
-            self._finish_txn(self._take_txn(), committed=True)
+            self.cache.invalidate_names(self._txn_names(self._take_txn()))
         elif words[0] == "ROLLBACK" and "TO" not in words:
             self._take_txn()
 

@@ -95,10 +95,11 @@ class L1Store:
         get = self.meta.get
         return all(get("v:" + name) == token for name, token in zip(names, tokens))
 
-    def mark_pending(self, names: Iterable[str], marker: str, timeout_s: float) -> None:
-        """Flag names whose L2 invalidation is under way: L2 must not be read for them meanwhile."""
+    def mark_pending(self, names: Iterable[str], marker: str) -> None:
+        """Flag names whose L2 invalidation is under way: L2 must not be read for them until the
+        sweep ``marker`` succeeded (the flag outlives a crash; the outbox finishes the sweep)."""
         for name in names:
-            self.meta.set("p:" + name, marker, expire=timeout_s)
+            self.meta.set("p:" + name, marker)
 
     def clear_pending(self, names: Iterable[str], marker: str) -> None:
         """Lift this invalidation's flags, unless a later invalidation took them over."""

@@ -13,7 +13,7 @@ from typing import Any, Dict
 COUNTERS = (
     "hits", "misses", "l1_hits", "l2_hits", "stores", "stores_refused", "uncacheable",
     "bypassed_in_transaction", "invalidations", "l1_errors", "l2_errors", "codec_errors",
-    "bad_signatures", "oversized", "l2_skipped_pending",
+    "bad_signatures", "oversized", "l2_skipped_pending", "l2_budget_skipped", "l2_circuit_open",
 )
 
 
@@ -59,9 +59,13 @@ class CacheStats:
     bad_signatures: int
     oversized: int
     l2_skipped_pending: int
+    l2_budget_skipped: int
+    l2_circuit_open: int
     l1_entries: int = 0
     l1_volume_bytes: int = 0
     pending_l2_work: int = 0
+    outbox_jobs: int = 0
+    l2_circuit: str = "closed"
     extra: Dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -2,7 +2,8 @@
 
 A miss must not wait for a network write, and KV's request budget is small, so queued entry writes
 are coalesced: every put waiting in the queue when the thread wakes goes out in one bulk request.
-Other work (invalidation sweeps) runs in submission order between those batches.
+Other work (invalidation sweeps) runs in submission order between those batches. Every
+``poll_s`` seconds the thread also runs ``tick`` (the durable outbox's retries and late sweeps).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, List, Optional, Union
@@ -21,9 +23,12 @@ log = logging.getLogger("peewee_kvcache")
 
 @dataclass
 class PutTask:
-    """Pairs to write; ``still_valid`` is asked before sending and again after (see cache)."""
+    """An entry to write. ``build(now_s)`` makes its KV pairs at send time (KV refuses absolute
+    expirations under now + 60 s, and a queued write may wait); ``key_count`` sizes batches;
+    ``still_valid`` is asked before sending and again after (see cache)."""
 
-    pairs: List[KVPair]
+    key_count: int
+    build: Callable[[int], List[KVPair]]
     still_valid: Callable[[], bool]
 
 
@@ -33,9 +38,12 @@ Task = Union[PutTask, Callable[[], None]]
 class BackgroundWriter:
     """FIFO of L2 work served by one daemon thread, started lazily (and again after a fork)."""
 
-    def __init__(self, send_puts: Callable[[List[PutTask]], None], max_batch: int = 1000,
-                 exit_timeout: float = 10.0):
+    def __init__(self, send_puts: Callable[[List[PutTask]], None], tick: Callable[[], None],
+                 poll_s: float = 1.0, max_batch: int = 1000, exit_timeout: float = 10.0):
         self._send_puts = send_puts
+        self._tick = tick
+        self._poll_s = poll_s
+        self._last_tick = 0.0
         self._max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: Deque[Task] = deque()
@@ -44,6 +52,11 @@ class BackgroundWriter:
         self._pid = os.getpid()
         self._closed = False
         atexit.register(self.drain, exit_timeout)
+
+    def start(self) -> None:
+        """Run the thread now (e.g. to resume an outbox left by an earlier process)."""
+        with self._cond:
+            self._ensure_thread()
 
     def submit(self, task: Task) -> None:
         with self._cond:
@@ -79,18 +92,21 @@ class BackgroundWriter:
             self._thread.start()
 
     def _next_batch(self) -> Optional[List[Task]]:
+        """The next batch; [] when ``poll_s`` passed idle; None when closed."""
         with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._closed)
-            if not self._queue:
+            self._cond.wait_for(lambda: self._queue or self._closed, self._poll_s)
+            if self._closed and not self._queue:
                 return None
+            if not self._queue:
+                return []
             first = self._queue.popleft()
             if not isinstance(first, PutTask):
                 return [first]
             batch: List[Task] = [first]
-            size = len(first.pairs)
+            size = first.key_count
             while self._queue and isinstance(self._queue[0], PutTask) and size < self._max_batch:
                 task = self._queue.popleft()
-                size += len(task.pairs)  # type: ignore[union-attr]
+                size += task.key_count  # type: ignore[union-attr]
                 batch.append(task)
             return batch
 
@@ -99,6 +115,14 @@ class BackgroundWriter:
             batch = self._next_batch()
             if batch is None:
                 return
+            if time.monotonic() - self._last_tick >= self._poll_s:
+                self._last_tick = time.monotonic()
+                try:
+                    self._tick()
+                except Exception:
+                    log.exception("peewee_kvcache: background outbox work failed")
+            if not batch:
+                continue
             try:
                 if isinstance(batch[0], PutTask):
                     self._send_puts(batch)  # type: ignore[arg-type]

@@ -10,11 +10,18 @@ import os
 import uuid
 from typing import Callable, Iterator, List, Type
 
+import freezegun
+import freezegun.config
 import peewee
 import pytest
 
 from peewee_kvcache import (CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase,
                             CloudflareKVCache, LocalKVNamespace)
+
+# freezegun serves real time to code running near ``threading`` frames: the cache's background
+# writer would then compute KV expirations on another clock than the test. Frozen for all threads.
+freezegun.configure(default_ignore_list=[
+    name for name in freezegun.config.DEFAULT_IGNORE_LIST if name != "threading"])
 
 PG = dict(host="127.0.0.1", port=5432, user="postgres")
 MY = dict(host="127.0.0.1", port=3306, user="root", password="")

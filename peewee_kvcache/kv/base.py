@@ -57,6 +57,9 @@ class ValueWithMetadata:
 class KVNamespace(abc.ABC):
     """Operations of one Workers KV namespace. Keys are str, values bytes."""
 
+    #: seconds until a write is visible everywhere (and in ``list``): 0 for a local store
+    propagation_delay: float = 0.0
+
     @abc.abstractmethod
     def get(self, key: str) -> Optional[bytes]:
         """The value, or None when the key is missing or expired."""

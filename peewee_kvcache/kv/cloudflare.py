@@ -137,6 +137,8 @@ def _encode(item: Any) -> bytes:
 class CloudflareKVNamespace(KVNamespace):
     """One Workers KV namespace reached over the REST API; behaves like LocalKVNamespace."""
 
+    propagation_delay = 60.0  # KV: visible elsewhere (and in list) within about 60 s
+
     def __init__(self, account_id: str, namespace_id: str, api_token: str, *,
                  base_url: str = DEFAULT_BASE_URL,
                  timeout: Union[float, Tuple[float, float]] = (3.05, 10.0), retries: int = 3,

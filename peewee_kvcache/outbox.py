@@ -1,0 +1,105 @@
+"""A durable queue of L2 invalidation sweeps, kept in the L1 directory.
+
+A committed write whose KV deletes were not sent would leave stale entries in L2 until their TTL.
+So a sweep is recorded here *before* the database commit (an extra sweep after a rollback is
+harmless) and removed only once KV accepted it; failures are retried with backoff, by this process
+or by any process sharing the directory, also after a restart or ``kill -9``.
+
+Jobs are keyed ``{due_ms:015d}-{id}`` so iterating keys yields them in due order. A process takes a
+job by re-keying it to ``now + lease`` inside a transaction: a worker that dies mid-sweep leaves a
+job that becomes due again when the lease runs out.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Iterator, Optional, Tuple
+
+import diskcache
+import msgpack
+
+LEASE_MS = 30_000
+MAX_BACKOFF_MS = 300_000
+
+
+@dataclass(frozen=True)
+class Job:
+    """Sweep ``names`` from L2; ``sweep`` 1 is the commit-time sweep, 2 the late re-sweep."""
+
+    job_id: str
+    names: Tuple[str, ...]
+    sweep: int = 1
+    attempts: int = 0
+
+
+def _key(due_ms: int, job_id: str) -> str:
+    return f"{due_ms:015d}-{job_id}"
+
+
+class Outbox:
+    """Pending sweeps in a diskcache that never evicts."""
+
+    def __init__(self, directory: str, timeout: float = 1.0):
+        self.jobs = diskcache.Cache(os.path.join(directory, "outbox"), eviction_policy="none",
+                                    timeout=timeout)
+
+    def add(self, names: Tuple[str, ...], due_ms: int, sweep: int = 1, attempts: int = 0) -> Job:
+        job = Job(uuid.uuid4().hex, tuple(names), sweep, attempts)
+        self._put(job, due_ms)
+        return job
+
+    def _put(self, job: Job, due_ms: int) -> None:
+        self.jobs.set(_key(due_ms, job.job_id),
+                      msgpack.packb([list(job.names), job.sweep, job.attempts]))
+
+    def _find(self, job_id: str) -> Optional[str]:
+        return next((k for k in self.jobs.iterkeys() if k.endswith("-" + job_id)), None)
+
+    def claim(self, job_id: str, now_ms: int) -> Optional[Job]:
+        """Lease one job by id (None if done or gone)."""
+        with self.jobs.transact():
+            key = self._find(job_id)
+            return self._lease(key, now_ms) if key else None
+
+    def claim_due(self, now_ms: int) -> Iterator[Job]:
+        """Lease every job that is due, oldest first."""
+        while True:
+            with self.jobs.transact():
+                key = next(iter(self.jobs.iterkeys()), None)
+                if key is None or int(key.split("-", 1)[0]) > now_ms:
+                    return
+                job = self._lease(key, now_ms)
+            yield job
+
+    def _lease(self, key: str, now_ms: int) -> Job:
+        names, sweep, attempts = msgpack.unpackb(self.jobs.pop(key))
+        job = Job(key.split("-", 1)[1], tuple(names), sweep, attempts)
+        self._put(job, now_ms + LEASE_MS)
+        return job
+
+    def done(self, job: Job) -> None:
+        with self.jobs.transact():
+            key = self._find(job.job_id)
+            if key:
+                self.jobs.delete(key)
+
+    def retry(self, job: Job, now_ms: int) -> int:
+        """Reschedule a failed job with exponential backoff; returns the delay in ms."""
+        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
+        with self.jobs.transact():
+            key = self._find(job.job_id)
+            if key:
+                self.jobs.delete(key)
+            self._put(Job(job.job_id, job.names, job.sweep, job.attempts + 1), now_ms + delay)
+        return delay
+
+    def next_due_ms(self) -> Optional[int]:
+        key = next(iter(self.jobs.iterkeys()), None)
+        return int(key.split("-", 1)[0]) if key else None
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def close(self) -> None:
+        self.jobs.close()
