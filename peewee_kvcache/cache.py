@@ -20,13 +20,14 @@ from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, 
                     encode_entry)
 from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
 from .index import KeyLayout
-from .kv.base import KVError, KVNamespace, KVPair
+from .kv.base import KeyInfo, KVError, KVNamespace, KVPair
 from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
 from .l1 import L1Entry, L1Store
 from .outbox import LEASE_MS, Job, Outbox
-from .names import EVERYTHING, stamp_names, table_names_of, tag_digest_part, tag_list
+from .index import EVERYTHING
+from .names import stamp_names, table_names_of, tag_digest_part, tag_list
 from .stats import CacheStats, Counters
 from .writer import BackgroundWriter, PutTask
 
@@ -138,7 +139,8 @@ class CloudflareKVCache:
         except Exception:
             self._fault("l1_errors", "L1 token read failed")
             return None
-        ok, raw = self._l2("L2 read failed", self.namespace.get, self.layout.entry_key(digest))
+        ok, raw = self._l2("L2 read failed", self.namespace.get,
+                           self.layout.entry_key(digest, names))
         if raw is None:
             return None
         try:
@@ -184,7 +186,7 @@ class CloudflareKVCache:
                 self.counters.incr("stores_refused")
                 return False
             now = now_ms()
-            existing = self._live_expiry(digest) if config.keep_ttl else None
+            existing = self._live_expiry(digest, names) if config.keep_ttl else None
             expires_at = config.expires_at_ms(now, self.default_ttl_ms, existing)
             payload = encode_entry(result, expires_at, self._secret, digest.encode())
         except UnsupportedValue as exc:
@@ -202,20 +204,18 @@ class CloudflareKVCache:
         if len(payload) > MAX_VALUE_BYTES:
             self.counters.incr("oversized")  # stays in L1 only
             return True
-        markers = [n for n in names if n != EVERYTHING]
-
         def build(now_s: int) -> List[KVPair]:
             """KV needs expirations ≥ now + 60 s: the true expiry travels inside the entry."""
             if expires_at <= now_s * 1000:
                 return []
             expiration = max(math.ceil(expires_at / 1000), now_s + MIN_EXPIRATION_TTL + 1)
-            return self.layout.entry_pairs(digest, payload, markers, expiration)
+            return self.layout.entry_pairs(digest, payload, names, expiration)
 
-        self.writer.submit(PutTask(1 + len(markers), build,
+        self.writer.submit(PutTask(max(1, len(names) - 1), build,
                                    lambda: self._still_current(names, tokens)))
         return True
 
-    def _live_expiry(self, digest: str) -> Optional[int]:
+    def _live_expiry(self, digest: str, names: Sequence[str]) -> Optional[int]:
         """Expiry of the live entry under ``digest`` (L1, else L2), for keep_ttl; None if none.
 
         An entry whose stamp is out of date was invalidated: like a Redis DEL, it has no TTL left.
@@ -224,7 +224,7 @@ class CloudflareKVCache:
         if entry is not None:
             return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
         ok, raw = self._l2("L2 read for keep_ttl failed", self.namespace.get,
-                           self.layout.entry_key(digest))
+                           self.layout.entry_key(digest, names))
         try:
             return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
         except CodecError:
@@ -349,15 +349,15 @@ class CloudflareKVCache:
         """List each name's markers and bulk-delete them with their entries; True on success."""
         keys: List[str] = []
         for name in names:
-            prefix = (self.prefix + index.TABLE if name == EVERYTHING
-                      else self.layout.marker_prefix(name))
-            ok, infos = self._l2("L2 invalidation listing failed",
-                                 lambda p: list(self.namespace.list_all(p)), prefix)
+            ok, infos = self._l2("L2 invalidation listing failed", self._list,
+                                 self.layout.name_prefix(name))
             if not ok:
                 return False
-            for info in infos or ():
-                keys.extend(self.layout.keys_for_marker(info.name))
+            keys.extend(self.layout.keys_to_delete(infos or ()))
         return not keys or self._delete_l2(sorted(set(keys)))
+
+    def _list(self, prefix: str) -> List[KeyInfo]:
+        return list(self.namespace.list_all(prefix))
 
     def _delete_l2(self, keys: Sequence[str]) -> bool:
         ok, failed = self._l2("L2 bulk delete failed", self.namespace.bulk_delete, keys)
@@ -402,13 +402,15 @@ class CloudflareKVCache:
         return self.writer.drain(timeout)
 
     def get_stats(self) -> CacheStats:
-        """Counters of this process plus key counts read from L2 (right across hosts)."""
-        counts = {}
-        for field_name, kind in (("total_keys", index.ENTRY), ("table_keys", index.TABLE),
-                                 ("tag_keys", index.TAG)):
-            ok, n = self._l2("L2 listing for stats failed",
-                             lambda p: sum(1 for _ in self.namespace.list_all(p)), self.prefix + kind)
-            counts[field_name] = n if ok else -1
+        """Counters of this process plus key counts read from L2 (right across hosts):
+        ``total_keys`` results, ``table_keys`` / ``tag_keys`` index keys under t: / g:."""
+        table_prefix, tag_prefix = self.prefix + index.TABLE, self.prefix + index.TAG
+        ok, infos = self._l2("L2 listing for stats failed", self._list_own)
+        counts = {"total_keys": -1, "table_keys": -1, "tag_keys": -1}
+        if ok and infos is not None:
+            counts = {"total_keys": sum(1 for i in infos if index.marker_target(i) is None),
+                      "table_keys": sum(1 for i in infos if i.name.startswith(table_prefix)),
+                      "tag_keys": sum(1 for i in infos if i.name.startswith(tag_prefix))}
         try:
             l1 = self.l1.stats()
         except Exception:
@@ -432,11 +434,18 @@ class CloudflareKVCache:
             self.l1.clear()
         except Exception:
             self._fault("l1_errors", "L1 clear failed")
-        ok, keys = self._l2("L2 listing for clear failed", lambda: [  # by kind: a bare prefix
-            info.name for kind in (index.ENTRY, index.TABLE, index.TAG)  # "a" would match "ab"
-            for info in self.namespace.list_all(self.prefix + kind)])
-        if keys:
-            self._delete_l2(keys)
+        ok, infos = self._l2("L2 listing for clear failed", self._list_own)
+        if infos:
+            self._delete_l2([info.name for info in infos])
+
+    def _list_own(self) -> List[KeyInfo]:
+        """Every L2 key of this cache, listed by kind: a bare prefix "a" would match "ab..."."""
+        return [info for kind in index.KINDS for info in self.namespace.list_all(self.prefix + kind)]
+
+    def l2_entry_keys(self) -> List[str]:
+        """Keys of the results stored in L2 (markers left out); [] when L2 can't be listed."""
+        ok, infos = self._l2("L2 listing failed", self._list_own)
+        return [i.name for i in infos or () if index.marker_target(i) is None]
 
     def close(self) -> None:
         self.writer.close()

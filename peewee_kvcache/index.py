@@ -1,30 +1,35 @@
-"""Key layout of the shared level: entries plus one small marker key per (table or tag, entry).
+"""Key layout of the shared level: an entry lives under the index prefix of its first table.
 
 KV allows one write per key per second and has no atomic read-modify-write, so a per-table list
-value would lose entries when two hosts append at once. Instead every entry gets one marker per
-name, written in the same bulk request and expiring with it; a table is invalidated by listing its
-marker prefix and bulk-deleting markers and entries. Any host, even one started later with an empty
-L1, can find everything from KV alone.
+value would lose entries when two hosts append at once. Instead every (name, entry) pair is its own
+key under a prefix that ``list`` scans. To halve KV writes and deletes (the scarcest part of
+Cloudflare's plans), the entry itself is stored under its *first* name; each further name gets a
+small marker key whose metadata points at the entry. A table is invalidated by listing its prefix
+and bulk-deleting what it finds plus the entries its markers point at. Any host, even one started
+later with an empty L1, finds everything from KV alone.
 
 Layout under the cache's ``prefix``::
 
-    {prefix}e:{hash}               the encoded result
-    {prefix}t:{table}:{hash}       marker: entry {hash} read {table}
-    {prefix}g:{tag}:{hash}         marker: entry {hash} carries {tag}
+    {prefix}t:{table}:{hash}    the entry (first name is this table), or a marker {"e": entry key}
+    {prefix}g:{tag}:{hash}      the same for tags
+    {prefix}e:{hash}            an entry that depends on no table or tag (auto_invalidate=False)
 
 Names are percent-encoded so that ``:`` inside a tag can never make one prefix match another name.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Sequence
 from urllib.parse import quote
 
-from .kv.base import KVPair
+from .kv.base import KeyInfo, KVPair
 
 ENTRY = "e:"
 TABLE = "t:"
 TAG = "g:"
+KINDS = (ENTRY, TABLE, TAG)
 MARKER_VALUE = b"1"
+#: the token every auto-invalidated entry carries; bumped by a write whose tables are unknown
+EVERYTHING = "*"
 
 
 def encode_name(name: str) -> str:
@@ -40,27 +45,46 @@ def tag_name(tag: str) -> str:
     return TAG + encode_name(tag)
 
 
+def _indexed(names: Iterable[str]) -> List[str]:
+    return [name for name in names if name != EVERYTHING]
+
+
+def marker_target(info: KeyInfo) -> Optional[str]:
+    """The entry key a listed marker points at; None when the listed key is an entry itself."""
+    metadata = info.metadata
+    target = metadata.get("e") if isinstance(metadata, dict) else None
+    return target if isinstance(target, str) else None
+
+
 class KeyLayout:
-    """Builds and parses the L2 keys of one cache prefix."""
+    """Builds and reads the L2 keys of one cache prefix."""
 
     def __init__(self, prefix: str):
         self.prefix = prefix
 
-    def entry_key(self, digest: str) -> str:
-        return self.prefix + ENTRY + digest
+    def name_prefix(self, name: str) -> str:
+        """Where ``name``'s entries and markers are listed; ``*`` means every table's."""
+        return self.prefix + (TABLE if name == EVERYTHING else name + ":")
 
-    def marker_prefix(self, name: str) -> str:
-        """``name`` is a token name from :func:`table_name` / :func:`tag_name`."""
-        return self.prefix + name + ":"
+    def entry_key(self, digest: str, names: Sequence[str]) -> str:
+        indexed = _indexed(names)
+        return self.name_prefix(indexed[0]) + digest if indexed else self.prefix + ENTRY + digest
 
-    def entry_pairs(self, digest: str, value: bytes, names: Iterable[str],
+    def entry_pairs(self, digest: str, value: bytes, names: Sequence[str],
                     expiration: int) -> List[KVPair]:
-        """The entry plus its markers, all expiring together (absolute unix seconds)."""
-        pairs = [KVPair(self.entry_key(digest), value, expiration=expiration)]
-        pairs.extend(KVPair(self.marker_prefix(name) + digest, MARKER_VALUE, expiration=expiration)
-                     for name in names)
+        """The entry under its first name plus one marker per further name, expiring together."""
+        key = self.entry_key(digest, names)
+        pairs = [KVPair(key, value, expiration=expiration)]
+        pairs.extend(KVPair(self.name_prefix(name) + digest, MARKER_VALUE, expiration=expiration,
+                            metadata={"e": key}) for name in _indexed(names)[1:])
         return pairs
 
-    def keys_for_marker(self, marker_key: str) -> Tuple[str, str]:
-        """(marker key, entry key) for a listed marker."""
-        return marker_key, self.entry_key(marker_key.rsplit(":", 1)[1])
+    def keys_to_delete(self, infos: Iterable[KeyInfo]) -> List[str]:
+        """Listed keys plus the entries that listed markers point at."""
+        keys = []
+        for info in infos:
+            keys.append(info.name)
+            target = marker_target(info)
+            if target is not None and target.startswith(self.prefix):
+                keys.append(target)
+        return keys

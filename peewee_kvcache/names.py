@@ -6,10 +6,8 @@ from typing import Any, Iterable, List, Union
 import peewee
 
 from . import index
+from .index import EVERYTHING
 from .tables import normalize_table
-
-#: the token every auto-invalidated entry carries; bumped by a write whose tables are unknown
-EVERYTHING = "*"
 MAX_TAG_BYTES = 128
 
 

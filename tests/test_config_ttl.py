@@ -297,7 +297,7 @@ TWO = CachedResult(("v",), [(2,)])
 def only_entry(cache):
     """(L2 key, expires_at_ms in the payload, KV expiration) of the single cached result."""
     assert cache.drain(10)
-    keys = [info.name for info in cache.namespace.list_all(cache.prefix + "e:")]
+    keys = cache.l2_entry_keys()
     assert len(keys) == 1, keys
     found = cache.namespace.get_with_metadata(keys[0])
     _, expires_at_ms = decode_entry(found.value)
