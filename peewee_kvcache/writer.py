@@ -1,7 +1,8 @@
 """One background thread that sends L2 work off the query's path.
 
 A miss must not wait for a network write, and KV's request budget is small, so queued entry writes
-are coalesced: every put waiting in the queue when the thread wakes goes out in one bulk request.
+are coalesced: the thread lingers ``linger_s`` after the first put, then sends every put waiting in
+the queue in one bulk request.
 Other work (invalidation sweeps) runs in submission order between those batches. Every
 ``poll_s`` seconds the thread also runs ``tick`` (the durable outbox's retries and late sweeps).
 """
@@ -39,7 +40,10 @@ class BackgroundWriter:
     """FIFO of L2 work served by one daemon thread, started lazily (and again after a fork)."""
 
     def __init__(self, send_puts: Callable[[List[PutTask]], None], tick: Callable[[], None],
-                 poll_s: float = 1.0, max_batch: int = 1000, exit_timeout: float = 10.0):
+                 poll_s: float = 1.0, linger_s: float = 0.2, max_batch: int = 1000,
+                 exit_timeout: float = 10.0):
+        self._linger_s = linger_s
+        self._lingering = False
         self._send_puts = send_puts
         self._tick = tick
         self._poll_s = poll_s
@@ -63,11 +67,14 @@ class BackgroundWriter:
             self._ensure_thread()
             self._queue.append(task)
             self._busy += 1
-            self._cond.notify_all()
+            if not self._lingering or len(self._queue) >= self._max_batch:
+                self._cond.notify_all()
 
     def drain(self, timeout: Optional[float] = None) -> bool:
-        """Block until all submitted work is done; False if ``timeout`` passed first."""
+        """Block until all submitted work is done (cutting a linger short); False if ``timeout``
+        passed first."""
         with self._cond:
+            self._cond.notify_all()
             return self._cond.wait_for(lambda: self._busy == 0, timeout)
 
     def pending(self) -> int:
@@ -102,6 +109,10 @@ class BackgroundWriter:
             first = self._queue.popleft()
             if not isinstance(first, PutTask):
                 return [first]
+            if not self._queue:  # let more puts arrive (submit doesn't wake us meanwhile)
+                self._lingering = True
+                self._cond.wait(self._linger_s)
+                self._lingering = False
             batch: List[Task] = [first]
             size = first.key_count
             while self._queue and isinstance(self._queue[0], PutTask) and size < self._max_batch:

@@ -1,0 +1,193 @@
+"""The cache with Cloudflare KV as L2, over real HTTP against the project's KV server: request
+counts per operation, sharing between processes with separate L1 directories, a late process that
+finds every entry from KV alone, and TTLs under KV's 60 s floor."""
+import math
+import multiprocessing
+import time
+
+import peewee
+import pytest
+
+from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache
+from peewee_kvcache.codec import CachedResult
+from peewee_kvcache.kv.cloudflare import CloudflareKVNamespace
+from peewee_kvcache.kv.server import KVServer
+
+RESULT = CachedResult(("id",), [(1,)])
+
+
+@pytest.fixture
+def server(tmp_path):
+    with KVServer(tmp_path / "kv-server") as srv:
+        yield srv
+
+
+def namespace_for(server_info):
+    base_url, account, namespace, token = server_info
+    return CloudflareKVNamespace(account, namespace, token, base_url=base_url)
+
+
+def info(server):
+    return (server.base_url, server.account_id, server.namespace_id, server.api_token)
+
+
+@pytest.fixture
+def kv_cache(server, tmp_path):
+    caches = []
+
+    def make(l1="l1", **kwargs):
+        cache = CloudflareKVCache(namespace_for(info(server)), l1_directory=str(tmp_path / l1),
+                                  **kwargs)
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.close()
+
+
+class Item(peewee.Model):
+    name = peewee.CharField()
+
+
+def open_db(path, cache):
+    db = CachedSqliteDatabase(str(path), cache=cache)
+    db.bind([Item])
+    db.create_tables([Item])
+    return db
+
+
+def names(db):
+    with db.bind_ctx([Item]):
+        return sorted(i.name for i in Item.select().with_cache(ex=300))
+
+
+def test_request_counts_per_operation(server, kv_cache, tmp_path):
+    cache = kv_cache()
+    db = open_db(tmp_path / "app.db", cache)
+    Item.create(name="a")
+    assert cache.drain(10)
+    server.reset_counts()
+
+    assert names(db) == ["a"]                          # miss: 1 read, then 1 bulk write
+    assert cache.drain(10)
+    assert server.counts()["get"] == 1 and server.counts()["bulk_put"] == 1
+    assert sum(server.counts().values()) == 2
+
+    server.reset_counts()
+    assert names(db) == ["a"]                          # L1 hit: nothing
+    assert sum(server.counts().values()) == 0
+
+    cache.l1.entries.clear()
+    assert names(db) == ["a"]                          # L2 hit: 1 read
+    assert server.counts() == {**{k: 0 for k in server.counts()}, "get": 1}
+
+
+@pytest.mark.parametrize("k", [1, 2500, 10_001])
+def test_invalidating_a_table_with_k_entries(server, kv_cache, k):
+    cache = kv_cache()
+    for i in range(k):
+        cache.put(f"q{i}", RESULT, ["item"])
+    assert cache.drain(60)
+    assert len(cache.l2_entry_keys()) == k
+    server.reset_counts()
+    cache.invalidate(tables=["item"])
+    assert cache.drain(60)
+    counts = server.counts()
+    assert counts["list"] == max(1, math.ceil(k / 1000))
+    assert counts["bulk_delete"] == math.ceil(k / 10_000)
+    assert sum(counts.values()) == counts["list"] + counts["bulk_delete"]
+    assert cache.l2_entry_keys() == []
+
+
+def _process(args):
+    """One app server: its own L1 directory, the shared KV server and SQLite file."""
+    action, server_info, l1, db_path = args
+    cache = CloudflareKVCache(namespace_for(server_info), l1_directory=l1)
+    db = CachedSqliteDatabase(db_path, cache=cache)
+    db.bind([Item])
+    try:
+        if action == "read":
+            result = names(db)
+        elif action == "write":
+            Item.create(name="from-b")
+            result = None
+        else:
+            cache.invalidate(tables=["item"])
+            result = None
+        assert cache.drain(30)
+        stats = cache.get_stats()
+        return result, stats.l1_hits, stats.l2_hits, stats.total_keys
+    finally:
+        db.close()
+        cache.close()
+
+
+def test_two_processes_share_l2_and_a_late_process_finds_everything(server, tmp_path):
+    db_path = str(tmp_path / "shared.db")
+    seed = open_db(db_path, CloudflareKVCache(namespace_for(info(server)),
+                                              l1_directory=str(tmp_path / "seed-l1")))
+    Item.create(name="a")
+    seed.cache.drain(10)
+    seed.close()
+    srv = info(server)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as a, ctx.Pool(1) as b:
+        run_a = lambda action: a.apply(_process, ((action, srv, str(tmp_path / "l1-a"), db_path),))
+        run_b = lambda action: b.apply(_process, ((action, srv, str(tmp_path / "l1-b"), db_path),))
+        assert run_a("read")[:3] == (["a"], 0, 0)          # A: miss, stores in L1 and L2
+        result, l1_hits, l2_hits, total = run_b("read")
+        assert (result, l1_hits, l2_hits, total) == (["a"], 0, 1, 1)   # B: from L2
+        assert run_b("write")[3] == 0                        # B writes: A's L2 entry is gone
+        assert run_b("read")[0] == ["a", "from-b"]
+    # a process started after both, with an empty L1, sees and invalidates everything from KV
+    late = CloudflareKVCache(namespace_for(srv), l1_directory=str(tmp_path / "l1-late"))
+    try:
+        assert late.get_stats().total_keys == 1
+        late.invalidate(tables=[Item])
+        assert late.drain(10)
+        assert late.get_stats().total_keys == 0
+    finally:
+        late.close()
+
+
+def test_ttl_under_kv_floor_is_honoured(server, kv_cache, tmp_path):
+    cache = kv_cache()
+    db = open_db(tmp_path / "app.db", cache)
+    Item.create(name="a")
+    with db.bind_ctx([Item]):
+        query = Item.select().with_cache(ex=5)
+        assert [i.name for i in query.clone()] == ["a"]
+        assert cache.drain(10)
+        (key,) = cache.l2_entry_keys()
+        stored = cache.namespace.get_with_metadata(key)
+        assert stored.expiration >= time.time() + 55         # KV's floor: at least 60 s
+        peewee.Database.execute_sql(db, "UPDATE item SET name = 'b'")   # behind the cache's back
+        cache.l1.entries.clear()
+        assert [i.name for i in query.clone()] == ["a"]       # L2 hit within the 5 s
+        time.sleep(5.2)
+        cache.l1.entries.clear()
+        assert cache.namespace.get(key) is not None           # KV still holds it...
+        assert [i.name for i in query.clone()] == ["b"]       # ...but it expired after 5 s
+
+
+def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
+    from peewee_kvcache.kv.cloudflare import RequestBudget
+    base_url, account, namespace, token = info(server)
+    ns = CloudflareKVNamespace(account, namespace, token, base_url=base_url,
+                               budget=RequestBudget(3, 300, burst=3))
+    cache = CloudflareKVCache(ns, l1_directory=str(tmp_path / "l1"))
+    try:
+        cache.put("q", RESULT, ["item"])
+        assert cache.drain(10)                                # request 1: the bulk write
+        for _ in range(2):                                    # requests 2 and 3: L2 hits
+            cache.l1.entries.clear()
+            assert cache.get("q", ["item"]) == RESULT
+        cache.l1.entries.clear()
+        assert cache.get("q", ["item"]) is None               # budget spent: L2 skipped
+        assert sum(server.counts().values()) == 3
+        stats = cache.get_stats()                             # its listing is skipped too
+        assert stats.l2_budget_skipped == 2 and stats.total_keys == -1
+        assert stats.l2_errors == 0 and stats.l2_circuit == "closed"
+    finally:
+        cache.close()
