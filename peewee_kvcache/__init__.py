@@ -7,6 +7,7 @@ from .codec import CachedResult
 from .config import CacheConfig
 from .database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
                        CachedPostgresqlDatabase, CachedSqliteDatabase)
+from .kv.cloudflare import CloudflareKVNamespace, RequestBudget
 from .kv.local import LocalKVNamespace
 from .query import install as _install
 from .stats import CacheStats
@@ -16,6 +17,7 @@ _install()
 __all__ = [
     "CachedDatabase", "CachedPostgresqlDatabase", "CachedPooledPostgresqlDatabase",
     "CachedSqliteDatabase", "CachedMySQLDatabase", "CloudflareKVCache", "LocalKVNamespace",
+    "CloudflareKVNamespace", "RequestBudget",
     "CacheConfig", "CachedResult", "CacheStats",
 ]
 __version__ = "0.1.0"

@@ -191,3 +191,13 @@ def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
         assert stats.l2_errors == 0 and stats.l2_circuit == "closed"
     finally:
         cache.close()
+
+
+def test_result_over_kv_value_limit_stays_in_l1(server, kv_cache):
+    cache = kv_cache()
+    big = CachedResult(("blob",), [("x" * (1 << 20),)] * 26)     # 26 MiB: over KV's 25 MiB
+    assert cache.put("big", big, ["item"])
+    assert cache.drain(30)
+    assert cache.get_stats().oversized == 1
+    assert server.counts()["bulk_put"] == 0 and cache.l2_entry_keys() == []
+    assert cache.get("big", ["item"]) == big                      # served from L1
