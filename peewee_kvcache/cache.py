@@ -24,8 +24,8 @@ from .kv.base import KeyInfo, KVError, KVNamespace, KVPair
 from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
-from .l1 import L1Entry, L1Store
-from .outbox import LEASE_MS, Job, Outbox
+from .l1 import L1Entry, L1Store, Unavailable
+from .outbox import Job, Outbox
 from .index import EVERYTHING
 from .names import stamp_names, table_names_of, tag_digest_part, tag_list
 from .stats import CacheStats, Counters
@@ -72,7 +72,7 @@ class CloudflareKVCache:
                  strategy: str = "explicit", default_ttl: int = 300, prefix: str = "pkv:",
                  secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30,
                  breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
-                 propagation_delay: Optional[float] = None):
+                 propagation_delay: Optional[float] = None, outbox_lease: float = 30.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_positive_int("default_ttl", default_ttl)
@@ -88,7 +88,14 @@ class CloudflareKVCache:
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self.namespace = namespace if namespace is not None else LocalKVNamespace(
             default_directory("kv"))
-        self.l1 = L1Store(l1_directory or default_directory("l1"), size_limit=l1_size_limit)
+        l1_directory = l1_directory or default_directory("l1")
+        try:
+            self.l1: Any = L1Store(l1_directory, size_limit=l1_size_limit)
+            self.outbox: Any = Outbox(l1_directory, lease_ms=int(outbox_lease * 1000))
+        except Exception as exc:  # queries must still work: uncached, and counted
+            log.warning("peewee_kvcache: L1 directory %r unusable (%s); caching disabled",
+                        l1_directory, exc)
+            self.l1 = self.outbox = Unavailable(l1_directory, exc)
         self.layout = KeyLayout(prefix)
         self.counters = Counters()
         self.breaker = pybreaker.CircuitBreaker(fail_max=breaker_fail_max,
@@ -96,10 +103,9 @@ class CloudflareKVCache:
                                                 exclude=[_not_a_kv_fault], name="kv")
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
                                   else propagation_delay)
-        self.outbox = Outbox(self.l1.directory)
         self._own_jobs: set = set()
         self.writer = BackgroundWriter(self._send_puts, self._run_due_jobs)
-        if len(self.outbox):
+        if self._outbox_len() > 0:
             self.writer.start()  # sweeps an earlier process left unfinished
 
     def __repr__(self) -> str:
@@ -301,7 +307,7 @@ class CloudflareKVCache:
             return None
         names = tuple(sorted(set(names)))
         try:
-            job = self.outbox.add(names, now_ms() + LEASE_MS)
+            job = self.outbox.add(names, now_ms() + self.outbox.lease_ms)
             self.l1.mark_pending(names, job.job_id)
         except Exception:
             self._fault("l1_errors", "recording an invalidation failed")

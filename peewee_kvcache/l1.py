@@ -16,13 +16,34 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import diskcache
 import msgpack
 
 _SEQ = "seq"
 _BASE = "base"
+
+
+class L1Unavailable(RuntimeError):
+    """The L1 directory could not be opened."""
+
+
+class Unavailable:
+    """Stands in for a store whose directory could not be opened (read-only, missing, full):
+    every call raises, so every cache path degrades to the database as for a failing L1."""
+
+    def __init__(self, directory: str, reason: BaseException):
+        self.directory = directory
+        self._reason = f"{type(reason).__name__}: {reason}"
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def unavailable(*args: object, **kwargs: object) -> None:
+            raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
+        return unavailable
+
+    def __len__(self) -> int:
+        raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from typing import Iterator, Optional, Tuple
 import diskcache
 import msgpack
 
-LEASE_MS = 30_000
 MAX_BACKOFF_MS = 300_000
 
 
@@ -40,7 +39,8 @@ def _key(due_ms: int, job_id: str) -> str:
 class Outbox:
     """Pending sweeps in a diskcache that never evicts."""
 
-    def __init__(self, directory: str, timeout: float = 1.0):
+    def __init__(self, directory: str, lease_ms: int = 30_000, timeout: float = 1.0):
+        self.lease_ms = lease_ms
         self.jobs = diskcache.Cache(os.path.join(directory, "outbox"), eviction_policy="none",
                                     timeout=timeout)
 
@@ -75,7 +75,7 @@ class Outbox:
     def _lease(self, key: str, now_ms: int) -> Job:
         names, sweep, attempts = msgpack.unpackb(self.jobs.pop(key))
         job = Job(key.split("-", 1)[1], tuple(names), sweep, attempts)
-        self._put(job, now_ms + LEASE_MS)
+        self._put(job, now_ms + self.lease_ms)
         return job
 
     def done(self, job: Job) -> None:

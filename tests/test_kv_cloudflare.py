@@ -43,8 +43,9 @@ def server(shared_server) -> Iterator[KVServer]:
 
 
 def connect(server: KVServer, **kwargs) -> CloudflareKVNamespace:
-    """A client for ``server``; fast backoff and no budget unless a test asks for them."""
-    options = dict(base_url=server.base_url, budget=None, backoff_factor=0.01)
+    """A client for ``server``; fast backoff, no budget, and reads retried like writes (so the
+    retry tests can use ``get``) unless a test asks otherwise."""
+    options = dict(base_url=server.base_url, budget=None, backoff_factor=0.01, read_retries=3)
     options.update(kwargs)
     return CloudflareKVNamespace(server.account_id, server.namespace_id, server.api_token,
                                  **options)
@@ -328,7 +329,7 @@ def test_long_retry_after_is_capped(server, client, monkeypatch):
 
 
 def test_persistent_500_fails_after_retries(server):
-    client = connect(server, retries=2)
+    client = connect(server, read_retries=2)
     server.inject(Fault("status", status=500))
     with pytest.raises(KVError) as info:
         client.get("k")
@@ -337,13 +338,30 @@ def test_persistent_500_fails_after_retries(server):
 
 
 def test_read_timeout_is_bounded(server):
-    client = connect(server, timeout=(1, 0.5))  # 3 retries: 4 attempts of 0.5 s
+    client = connect(server, read_timeout=(1, 0.5))  # 3 retries: 4 attempts of 0.5 s
     server.inject(Fault("timeout", delay=2))
     started = time.monotonic()
     with pytest.raises(KVError, match="ReadTimeout"):
         client.get("k")
     assert time.monotonic() - started < 3.0
     assert server.counts()["get"] == 4
+
+
+def test_query_path_read_fails_fast_by_default(server):
+    """``get`` runs on a query's path: by default one attempt with a short read timeout, while
+    background writes keep retrying."""
+    client = CloudflareKVNamespace(server.account_id, server.namespace_id, server.api_token,
+                                   base_url=server.base_url, budget=None)
+    server.inject(Fault("timeout", delay=5))
+    started = time.monotonic()
+    with pytest.raises(KVError, match="ReadTimeout"):
+        client.get("k")
+    assert time.monotonic() - started < 2.6
+    assert server.counts()["get"] == 1
+    server.clear_faults()
+    server.inject(Fault("status", status=503, times=1))
+    client.put("k", b"v")                       # the write path retried past the 503
+    assert server.counts()["put"] == 2 and client.get("k") == b"v"
 
 
 def test_dropped_connection_is_retried(server, client):

@@ -143,6 +143,8 @@ class CloudflareKVNamespace(KVNamespace):
                  base_url: str = DEFAULT_BASE_URL,
                  timeout: Union[float, Tuple[float, float]] = (3.05, 10.0), retries: int = 3,
                  backoff_factor: float = 0.3,
+                 read_timeout: Union[float, Tuple[float, float]] = (1.0, 2.0),
+                 read_retries: int = 0,
                  budget: Optional[RequestBudget] = _DEFAULT_BUDGET) -> None:
         if not account_id or not namespace_id:
             raise ValueError("account_id and namespace_id must not be empty")
@@ -155,14 +157,23 @@ class CloudflareKVNamespace(KVNamespace):
         self._root = (f"{self.base_url}/accounts/{quote(account_id, safe='')}"
                       f"/storage/kv/namespaces/{quote(namespace_id, safe='')}")
         self._timeout = timeout
+        self._read_timeout = read_timeout
+        self._session = self._new_session(api_token, retries, backoff_factor)
+        # ``get`` runs on a query's path: its own short timeout and few retries bound the
+        # latency a failing KV adds to a query; background writes keep the patient settings.
+        self._read_session = self._new_session(api_token, read_retries, backoff_factor)
+
+    @staticmethod
+    def _new_session(api_token: str, retries: int, backoff_factor: float) -> requests.Session:
         retry = _Retry(total=retries, backoff_factor=backoff_factor,
                        status_forcelist=_RETRY_STATUSES, allowed_methods=None,
                        respect_retry_after_header=True, raise_on_status=False)
-        self._session = requests.Session()
-        self._session.headers["Authorization"] = f"Bearer {api_token}"
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {api_token}"
         adapter = HTTPAdapter(max_retries=retry)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> "CloudflareKVNamespace":
@@ -189,13 +200,17 @@ class CloudflareKVNamespace(KVNamespace):
         if self.budget is not None and not self.budget.try_acquire(requests_needed):
             raise BudgetExhausted(f"request budget exhausted ({self.budget!r}); nothing was sent")
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One request (with urllib3's retries). Failures become KVError built outside the
-        ``except`` block, so no chained requests exception (holding the headers) travels along."""
+    def _send(self, method: str, path: str, *, read: bool = False,
+              **kwargs: Any) -> requests.Response:
+        """One request (with urllib3's retries; ``read`` selects the query-path session).
+        Failures become KVError built outside the ``except`` block, so no chained requests
+        exception (holding the headers) travels along."""
         started = time.monotonic()
+        session, timeout = ((self._read_session, self._read_timeout) if read
+                            else (self._session, self._timeout))
         try:
-            response = self._session.request(method, self._root + path, timeout=self._timeout,
-                                             allow_redirects=False, **kwargs)
+            response = session.request(method, self._root + path, timeout=timeout,
+                                       allow_redirects=False, **kwargs)
         except requests.RequestException as exc:
             inner = exc.args[0] if exc.args else None
             root = getattr(inner, "reason", inner)
@@ -260,7 +275,7 @@ class CloudflareKVNamespace(KVNamespace):
     # --- KVNamespace --------------------------------------------------------------------------
 
     def get(self, key: str) -> Optional[bytes]:
-        response = self._call("GET", self._path("values", key))
+        response = self._call("GET", self._path("values", key), read=True)
         if response.status_code == 200:
             return response.content
         if self._missing(response):
@@ -381,3 +396,4 @@ class CloudflareKVNamespace(KVNamespace):
 
     def close(self) -> None:
         self._session.close()
+        self._read_session.close()
