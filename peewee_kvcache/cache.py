@@ -72,7 +72,8 @@ class CloudflareKVCache:
                  strategy: str = "explicit", default_ttl: int = 300, prefix: str = "pkv:",
                  secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30,
                  breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
-                 propagation_delay: Optional[float] = None, outbox_lease: float = 30.0):
+                 propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
+                 l1_max_age: Optional[float] = 5.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_positive_int("default_ttl", default_ttl)
@@ -82,7 +83,12 @@ class CloudflareKVCache:
             raise TypeError(f"secret must be str or bytes, got {type(secret).__name__}")
         if secret is not None and not secret:
             raise ValueError("secret must not be empty (an empty key signs nothing)")
+        if l1_max_age is not None and (isinstance(l1_max_age, bool) or
+                                       not isinstance(l1_max_age, (int, float)) or l1_max_age <= 0):
+            raise ValueError(f"l1_max_age must be a positive number of seconds or None, "
+                             f"got {l1_max_age!r}")
         self.strategy = strategy
+        self.l1_max_age_ms = None if l1_max_age is None else int(l1_max_age * 1000)
         self.default_ttl_ms = default_ttl * 1000
         self.prefix = prefix
         self._secret = secret.encode() if isinstance(secret, str) else secret
@@ -125,16 +131,56 @@ class CloudflareKVCache:
     def _lookup_l1(self, digest: str) -> Optional[CachedResult]:
         try:
             entry = self.l1.get(digest)
-            if entry is None or entry.expires_at_ms <= now_ms():
+            now = now_ms()
+            if entry is None or entry.expires_at_ms <= now:
                 return None
             if not self.l1.is_current(entry.names, entry.tokens):
                 return None
+            if self.l1_max_age_ms is not None and now - entry.checked_at_ms > self.l1_max_age_ms:
+                return self._recheck(digest, entry, now)
             result, _ = decode_entry(entry.payload)
         except Exception:
             self._fault("l1_errors", "L1 read failed")
             return None
         self.counters.incr("l1_hits")
         return result
+
+    def _recheck(self, digest: str, entry: L1Entry, now: int) -> Optional[CachedResult]:
+        """An L1 entry older than ``l1_max_age`` is served only if L2 still holds it: another
+        host's invalidation deletes L2 entries but cannot reach this host's L1. If L2 holds a
+        different (newer) result, that one is served; if L2 can't be asked, the DB is."""
+        self.counters.incr("l1_rechecks")
+        ok, raw = self._l2("L2 read for an L1 recheck failed", self.namespace.get,
+                           self.layout.entry_key(digest, entry.names))
+        if not ok or raw is None:
+            return None
+        if raw != entry.payload:
+            result = self._decode_l2(digest, raw, now)
+            if result is None:
+                return None
+            result, expires_at_ms = result
+            entry = L1Entry(entry.names, entry.tokens, expires_at_ms, raw, now)
+        else:
+            result = decode_entry(raw)[0]
+            entry = L1Entry(entry.names, entry.tokens, entry.expires_at_ms, raw, now)
+        self.l1.set(digest, entry, now)
+        self.counters.incr("l2_hits")
+        return result
+
+    def _decode_l2(self, digest: str, raw: bytes, now: int
+                   ) -> Optional[Tuple[CachedResult, int]]:
+        """A verified, unexpired L2 value, or None (counted) for a bad or expired one."""
+        try:
+            result, expires_at_ms = decode_entry(raw, self._secret, digest.encode())
+        except SignatureError:
+            self._fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
+            return None
+        except CodecError:
+            self._fault("codec_errors", "corrupt L2 entry rejected")
+            return None
+        if expires_at_ms is None or expires_at_ms <= now:
+            return None
+        return result, expires_at_ms
 
     def _lookup_l2(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
         try:
@@ -149,20 +195,14 @@ class CloudflareKVCache:
                            self.layout.entry_key(digest, names))
         if raw is None:
             return None
-        try:
-            result, expires_at_ms = decode_entry(raw, self._secret, digest.encode())
-        except SignatureError:
-            self._fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
-            return None
-        except CodecError:
-            self._fault("codec_errors", "corrupt L2 entry rejected")
-            return None
         now = now_ms()
-        if expires_at_ms is None or expires_at_ms <= now:
+        decoded = self._decode_l2(digest, raw, now)
+        if decoded is None:
             return None
+        result, expires_at_ms = decoded
         self.counters.incr("l2_hits")
         try:  # backfill keeps the L2 entry's remaining lifetime
-            self.l1.set(digest, L1Entry(tuple(names), tokens, expires_at_ms, raw), now)
+            self.l1.set(digest, L1Entry(tuple(names), tokens, expires_at_ms, raw, now), now)
         except Exception:
             self._fault("l1_errors", "L1 backfill failed")
         return result
@@ -203,7 +243,8 @@ class CloudflareKVCache:
             self._fault("l1_errors", "preparing a store failed")
             return False
         try:
-            self.l1.set(digest, L1Entry(tuple(names), tuple(tokens), expires_at, payload), now)
+            self.l1.set(digest, L1Entry(tuple(names), tuple(tokens), expires_at, payload, now),
+                        now)
         except Exception:
             self._fault("l1_errors", "L1 write failed")
         self.counters.incr("stores")
@@ -288,6 +329,25 @@ class CloudflareKVCache:
         names = [index.table_name(t) for t in table_names_of(tables)]
         names += [index.tag_name(g) for g in tag_list(tags)]
         self.invalidate_names(names)
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of every cache sharing this namespace and prefix."""
+        return "pkv_" + digest_of(self.prefix.encode(), repr(self.namespace).encode())[:24]
+
+    @property
+    def origin(self) -> str:
+        """Who sends a notification: processes sharing one L1 directory share its tokens."""
+        return getattr(self.l1, "l1_id", "")
+
+    def evict_local(self, names: Sequence[str]) -> None:
+        """Another host's write, heard through NOTIFY: drop this host's L1 entries only (that
+        host sweeps L2)."""
+        try:
+            self.l1.bump(names)
+            self.counters.incr("remote_evictions")
+        except Exception:
+            self._fault("l1_errors", "L1 eviction for a remote write failed")
 
     def invalidate_everything(self) -> None:
         """After a write whose tables are unknown: every auto-invalidated result goes."""

@@ -14,17 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Set
+from typing import Any, Iterable, List, Optional, Sequence, Set
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
+from . import notify
 from .cache import CloudflareKVCache, digest_of
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .cursor import CachedCursor
 from .index import table_name
 from .names import EVERYTHING, stamp_names, tag_digest_part
+from .notify import Listener
 from .query import CacheOptions, find_options
 from .tables import analyze_sql, cascade_closure
 
@@ -120,6 +123,7 @@ class CachedDatabase:
             self.cache.counters.incr("uncacheable")
             return self._run(sql, params)
         names = stamp_names(info.read_tables, options.tags, options.auto_invalidate)
+        self._on_cached_read()
         result = self.cache.lookup(digest, names)
         if result is not None:
             return CachedCursor(result)
@@ -161,12 +165,14 @@ class CachedDatabase:
             txn.written |= tables
             txn.everything |= info.writes_unknown
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
-        job = self.cache.prepare_invalidation(_names(tables, info.writes_unknown))
+        names = _names(tables, info.writes_unknown)
+        job = self.cache.prepare_invalidation(names)
         try:
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
         finally:  # even a failed write may have changed rows (a server-side partial effect)
             if job is not None:
                 self.cache.complete_invalidation(job)
+                self._broadcast(job.names)
 
     # -- transactions -----------------------------------------------------------------------
     def _kv_txn(self) -> Optional[_Txn]:
@@ -192,6 +198,8 @@ class CachedDatabase:
 
     def commit(self) -> Any:
         job = self.cache.prepare_invalidation(self._txn_names(self._take_txn()))
+        if job is not None:
+            self._broadcast(job.names)  # inside the transaction: delivered with the commit
         try:
             return super().commit()  # type: ignore[misc]
         finally:  # a failed COMMIT invalidates too: re-invalidating is always safe
@@ -207,6 +215,12 @@ class CachedDatabase:
         self._take_txn()  # a connection closed mid-transaction rolled it back
         return closed
 
+    def _broadcast(self, names: Sequence[str]) -> None:
+        """Tell other hosts' L1s about a write; only PostgreSQL can (see notify.py)."""
+
+    def _on_cached_read(self) -> None:
+        """Hook before a lookup; PostgreSQL starts its NOTIFY listener here."""
+
     def _on_transaction_statement(self, sql: str) -> None:
         """Raw BEGIN / COMMIT / ROLLBACK sent through ``execute_sql`` count like the methods."""
         words = sql.strip().rstrip(";").upper().split()
@@ -215,7 +229,9 @@ class CachedDatabase:
         if words[0] in ("BEGIN", "START"):
             self._start_txn()
         elif words[0] in ("COMMIT", "END"):
-            self.cache.invalidate_names(self._txn_names(self._take_txn()))
+            names = self._txn_names(self._take_txn())
+            self.cache.invalidate_names(names)
+            self._broadcast(names)
         elif words[0] == "ROLLBACK" and "TO" not in words:
             self._take_txn()
 
@@ -224,11 +240,55 @@ class CachedSqliteDatabase(CachedDatabase, peewee.SqliteDatabase):
     """SQLite with the cache."""
 
 
-class CachedPostgresqlDatabase(CachedDatabase, peewee.PostgresqlDatabase):
+class PostgresNotifications:
+    """Cross-host L1 eviction for PostgreSQL: ``pg_notify`` inside the writing transaction and a
+    LISTEN thread per database object. ``notify=False`` turns both off."""
+
+    def __init__(self, database: Any, *args: Any, notify: bool = True, **kwargs: Any):
+        if not isinstance(notify, bool):
+            raise TypeError(f"notify must be a bool, got {notify!r}")
+        self._kv_notify = notify
+        self._kv_listener: Optional[Listener] = None
+        super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
+
+    def _broadcast(self, names: Sequence[str]) -> None:
+        if not (self._kv_notify and names):
+            return
+        try:
+            self._run("SELECT pg_notify(%s, %s)",  # type: ignore[attr-defined]
+                      (self.cache.channel,  # type: ignore[attr-defined]
+                       notify.payload(self.cache.origin, names, EVERYTHING)))  # type: ignore
+        except Exception:  # l1_max_age still bounds other hosts' staleness
+            log.warning("peewee_kvcache: NOTIFY failed", exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def _on_cached_read(self) -> None:
+        if self._kv_notify and self._kv_listener is None:
+            self.start_listener()
+
+    def start_listener(self) -> Listener:
+        """Start (once) the thread that evicts this host's L1 entries on other hosts' writes."""
+        if self._kv_listener is None:
+            import psycopg2
+            params = dict(self.connect_params)  # type: ignore[attr-defined]
+            database = self.database  # type: ignore[attr-defined]
+            cache = self.cache  # type: ignore[attr-defined]
+            self._kv_listener = Listener(lambda: psycopg2.connect(dbname=database, **params),
+                                         cache.channel, cache.origin, cache.evict_local)
+            weakref.finalize(self, self._kv_listener.request_stop)  # its connection goes too
+        self._kv_listener.start()
+        return self._kv_listener
+
+    def stop_listener(self) -> None:
+        if self._kv_listener is not None:
+            self._kv_listener.stop()
+
+
+class CachedPostgresqlDatabase(PostgresNotifications, CachedDatabase, peewee.PostgresqlDatabase):
     """PostgreSQL with the cache."""
 
 
-class CachedPooledPostgresqlDatabase(CachedDatabase, PooledPostgresqlDatabase):
+class CachedPooledPostgresqlDatabase(PostgresNotifications, CachedDatabase,
+                                     PooledPostgresqlDatabase):
     """Pooled PostgreSQL with the cache."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -48,12 +49,14 @@ class Unavailable:
 
 @dataclass(frozen=True)
 class L1Entry:
-    """A stored entry: its stamp, absolute expiry (unix ms) and the encoded result."""
+    """A stored entry: its stamp, absolute expiry (unix ms), the encoded result, and when it was
+    last known to match L2 (unix ms; see ``l1_max_age``)."""
 
     names: Tuple[str, ...]
     tokens: Tuple[int, ...]
     expires_at_ms: int
     payload: bytes
+    checked_at_ms: int
 
 
 class L1Store:
@@ -70,6 +73,9 @@ class L1Store:
         self.meta = diskcache.Cache(os.path.join(directory, "tokens"), eviction_policy="none",
                                     timeout=timeout)
         self._init_counter()
+        self.meta.add("l1_id", uuid.uuid4().hex)
+        #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
+        self.l1_id: str = self.meta.get("l1_id")
 
     def _init_counter(self) -> int:
         """Create base and counter if missing; returns the base."""
@@ -138,12 +144,11 @@ class L1Store:
         raw = self.entries.get(key)
         if raw is None:
             return None
-        names, tokens, expires_at_ms, payload = msgpack.unpackb(raw, use_list=False)
-        return L1Entry(names, tokens, expires_at_ms, payload)
+        return L1Entry(*msgpack.unpackb(raw, use_list=False))
 
     def set(self, key: str, entry: L1Entry, now_ms: int) -> None:
-        raw = msgpack.packb([entry.names, entry.tokens, entry.expires_at_ms, entry.payload],
-                            use_bin_type=True)
+        raw = msgpack.packb([entry.names, entry.tokens, entry.expires_at_ms, entry.payload,
+                             entry.checked_at_ms], use_bin_type=True)
         self.entries.set(key, raw, expire=max(entry.expires_at_ms - now_ms, 1) / 1000.0)
 
     def clear(self) -> None:

@@ -14,6 +14,7 @@ COUNTERS = (
     "hits", "misses", "l1_hits", "l2_hits", "stores", "stores_refused", "uncacheable",
     "bypassed_in_transaction", "invalidations", "l1_errors", "l2_errors", "codec_errors",
     "bad_signatures", "oversized", "l2_skipped_pending", "l2_budget_skipped", "l2_circuit_open",
+    "l1_rechecks", "remote_evictions",
 )
 
 
@@ -61,6 +62,8 @@ class CacheStats:
     l2_skipped_pending: int
     l2_budget_skipped: int
     l2_circuit_open: int
+    l1_rechecks: int
+    remote_evictions: int
     l1_entries: int = 0
     l1_volume_bytes: int = 0
     pending_l2_work: int = 0

@@ -112,6 +112,8 @@ def db(backend, cache, request, tmp_path) -> Iterator[peewee.Database]:
     yield database
     if not database.is_closed():
         database.close()
+    if hasattr(database, "stop_listener"):
+        database.stop_listener()
 
 
 @pytest.fixture

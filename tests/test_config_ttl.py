@@ -185,6 +185,7 @@ def open_sqlite(make_cache, tmp_path):
     opened = []
 
     def open_(**cache_kwargs) -> CachedSqliteDatabase:
+        cache_kwargs.setdefault("l1_max_age", None)  # these tests are about TTLs, not rechecks
         db = CachedSqliteDatabase(str(tmp_path / "ttl.db"), cache=make_cache(**cache_kwargs))
         db.bind([User], bind_refs=False, bind_backrefs=False)
         db.drop_tables([User], safe=True)

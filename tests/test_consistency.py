@@ -1,0 +1,163 @@
+"""Consistency across hosts: caches with separate L1 directories sharing one L2.
+
+Another host's write deletes the L2 entry but cannot touch this host's L1. Two mechanisms bound
+how long this host serves the old rows: ``l1_max_age`` (every backend) and, on PostgreSQL, NOTIFY.
+"""
+import time
+
+import peewee
+import pytest
+
+from peewee_kvcache import CachedPostgresqlDatabase, CachedSqliteDatabase
+from tests.conftest import PG
+
+
+class Row(peewee.Model):
+    value = peewee.IntegerField()
+
+
+def read(db):
+    with db.bind_ctx([Row]):
+        return [r.value for r in Row.select().order_by(Row.id).with_cache()]
+
+
+def write(db, value):
+    with db.bind_ctx([Row]):
+        Row.update(value=value).execute()
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def two_hosts_sqlite(make_cache, tmp_path):
+    """Two 'hosts': separate L1 directories, one KV namespace, one database file."""
+    path = str(tmp_path / "shared.db")
+    a = CachedSqliteDatabase(path, cache=make_cache("l1-a", l1_max_age=1))
+    b = CachedSqliteDatabase(path, cache=make_cache("l1-b", l1_max_age=1))
+    with a.bind_ctx([Row]):
+        a.create_tables([Row])
+        Row.create(value=1)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_l1_max_age_bounds_another_hosts_stale_l1(two_hosts_sqlite):
+    a, b = two_hosts_sqlite
+    assert read(a) == [1]
+    assert a.cache.drain(10)
+    write(b, 2)                                   # B's invalidation deletes the L2 entry
+    assert b.cache.drain(10)
+    assert read(a) == [1]                         # within l1_max_age A still trusts its L1
+    time.sleep(1.1)
+    assert read(a) == [2]                         # past it, A re-checks L2: gone -> database
+    stats = a.cache.get_stats()
+    assert stats.l1_rechecks >= 1
+
+
+def test_recheck_keeps_serving_an_entry_l2_still_holds(two_hosts_sqlite):
+    a, _ = two_hosts_sqlite
+    assert read(a) == [1]
+    assert a.cache.drain(10)
+    time.sleep(1.1)
+    sent = []
+    a.cursor = lambda *args, **kwargs: sent.append(args)  # the database must not be asked
+    assert read(a) == [1]
+    del a.cursor
+    assert sent == [] and a.cache.get_stats().l1_rechecks == 1
+    assert read(a) == [1]                          # re-verified: a plain L1 hit again
+    assert a.cache.get_stats().l1_rechecks == 1
+
+
+def test_recheck_prefers_a_newer_result_in_l2(two_hosts_sqlite):
+    a, b = two_hosts_sqlite
+    assert read(a) == [1]
+    write(b, 2)
+    assert b.cache.drain(10)
+    assert read(b) == [2]                          # B caches the new rows in L2
+    assert b.cache.drain(10)
+    time.sleep(1.1)
+    l2_hits = a.cache.get_stats().l2_hits
+    assert read(a) == [2]
+    assert a.cache.get_stats().l2_hits == l2_hits + 1
+
+
+def test_recheck_without_l2_goes_to_the_database(two_hosts_sqlite, monkeypatch):
+    a, b = two_hosts_sqlite
+    assert read(a) == [1]
+    assert a.cache.drain(10)
+    peewee.Database.execute_sql(b, "UPDATE row SET value = 3")   # behind both caches' backs
+
+    def down(key):
+        raise ConnectionError("KV down")
+
+    monkeypatch.setattr(a.cache.namespace, "get", down)
+    time.sleep(1.1)
+    assert read(a) == [3]                          # unverifiable: not served
+
+
+@pytest.fixture
+def two_hosts_pg(make_cache, pg_schema):
+    """Two PostgreSQL 'hosts' with separate L1s, no l1_max_age: only NOTIFY can help."""
+    options = f"-c search_path={pg_schema}"
+    a = CachedPostgresqlDatabase("test", cache=make_cache("l1-a", l1_max_age=None),
+                                 options=options, **PG)
+    b = CachedPostgresqlDatabase("test", cache=make_cache("l1-b", l1_max_age=None),
+                                 options=options, **PG)
+    with a.bind_ctx([Row]):
+        a.drop_tables([Row], safe=True)
+        a.create_tables([Row])
+        Row.create(value=1)
+    yield a, b
+    with a.bind_ctx([Row]):
+        a.drop_tables([Row], safe=True)
+    for db in (a, b):
+        db.stop_listener()
+        db.close()
+
+
+def test_notify_evicts_other_hosts_l1_on_commit(two_hosts_pg):
+    a, b = two_hosts_pg
+    assert read(a) == [1]
+    assert a.start_listener().wait_ready(5)
+    write(b, 2)                                     # autocommit: NOTIFY right after
+    assert wait_for(lambda: read(a) == [2], timeout=3)
+    assert a.cache.get_stats().remote_evictions >= 1
+
+    with b.atomic():
+        write(b, 3)
+        assert read(a) == [2]                      # uncommitted: nothing delivered yet
+    assert wait_for(lambda: read(a) == [3], timeout=3)
+
+
+def test_rolled_back_write_sends_nothing(two_hosts_pg):
+    a, b = two_hosts_pg
+    assert read(a) == [1]
+    assert a.start_listener().wait_ready(5)
+    with b.atomic() as txn:
+        write(b, 9)
+        txn.rollback()
+    time.sleep(0.5)
+    assert a.cache.get_stats().remote_evictions == 0
+    hits = a.cache.get_stats().l1_hits
+    assert read(a) == [1]
+    assert a.cache.get_stats().l1_hits == hits + 1
+
+
+def test_own_notifications_do_not_evict_fresh_entries(two_hosts_pg):
+    a, _ = two_hosts_pg
+    assert a.start_listener().wait_ready(5)
+    write(a, 5)
+    assert read(a) == [5]
+    time.sleep(0.5)                                 # a's own NOTIFY arrives meanwhile
+    hits = a.cache.get_stats().l1_hits
+    assert read(a) == [5]
+    assert a.cache.get_stats().l1_hits == hits + 1
+    assert a.cache.get_stats().remote_evictions == 0
