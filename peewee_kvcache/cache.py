@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import platformdirs
@@ -17,7 +18,7 @@ import pybreaker
 
 from . import index
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
-                    encode_entry)
+                    decode_entry_full, encode_entry)
 from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
 from .index import KeyLayout
 from .kv.base import KeyInfo, KVError, KVNamespace, KVPair
@@ -73,7 +74,8 @@ class CloudflareKVCache:
                  secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30,
                  breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
-                 l1_max_age: Optional[float] = 5.0):
+                 l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
+                 max_put_delay: float = 10.0, clock_skew: float = 0.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_positive_int("default_ttl", default_ttl)
@@ -87,6 +89,13 @@ class CloudflareKVCache:
                                        not isinstance(l1_max_age, (int, float)) or l1_max_age <= 0):
             raise ValueError(f"l1_max_age must be a positive number of seconds or None, "
                              f"got {l1_max_age!r}")
+        if isinstance(stampede_wait, bool) or not isinstance(stampede_wait, (int, float)) \
+                or stampede_wait < 0:
+            raise ValueError(f"stampede_wait must be a number of seconds >= 0, got "
+                             f"{stampede_wait!r}")
+        self.stampede_wait = float(stampede_wait)
+        self.max_put_delay_ms = int(max_put_delay * 1000)
+        self.clock_skew_ms = int(clock_skew * 1000)
         self.strategy = strategy
         self.l1_max_age_ms = None if l1_max_age is None else int(l1_max_age * 1000)
         self.default_ttl_ms = default_ttl * 1000
@@ -155,7 +164,7 @@ class CloudflareKVCache:
         if not ok or raw is None:
             return None
         if raw != entry.payload:
-            result = self._decode_l2(digest, raw, now)
+            result = self._decode_l2(digest, raw, now, entry.names)
             if result is None:
                 return None
             result, expires_at_ms = result
@@ -167,11 +176,17 @@ class CloudflareKVCache:
         self.counters.incr("l2_hits")
         return result
 
-    def _decode_l2(self, digest: str, raw: bytes, now: int
+    def _decode_l2(self, digest: str, raw: bytes, now: int, names: Sequence[str]
                    ) -> Optional[Tuple[CachedResult, int]]:
-        """A verified, unexpired L2 value, or None (counted) for a bad or expired one."""
+        """A verified, unexpired L2 value, or None (counted) for a bad, expired or stale one.
+
+        Stale: computed before this host last saw one of its names invalidated (allowing for
+        clock skew). Another host's write that raced our invalidation can land in L2 after our
+        sweep; this host (and any host that heard of the invalidation) never serves it.
+        """
         try:
-            result, expires_at_ms = decode_entry(raw, self._secret, digest.encode())
+            result, expires_at_ms, created_at_ms = decode_entry_full(raw, self._secret,
+                                                                     digest.encode())
         except SignatureError:
             self._fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
             return None
@@ -179,6 +194,10 @@ class CloudflareKVCache:
             self._fault("codec_errors", "corrupt L2 entry rejected")
             return None
         if expires_at_ms is None or expires_at_ms <= now:
+            return None
+        invalidated = self.l1.invalidated_at(names)
+        if invalidated and (created_at_ms or 0) < invalidated + self.clock_skew_ms:
+            self.counters.incr("l2_stale_rejected")
             return None
         return result, expires_at_ms
 
@@ -196,7 +215,11 @@ class CloudflareKVCache:
         if raw is None:
             return None
         now = now_ms()
-        decoded = self._decode_l2(digest, raw, now)
+        try:
+            decoded = self._decode_l2(digest, raw, now, names)
+        except Exception:
+            self._fault("l1_errors", "L1 read failed")
+            return None
         if decoded is None:
             return None
         result, expires_at_ms = decoded
@@ -206,6 +229,44 @@ class CloudflareKVCache:
         except Exception:
             self._fault("l1_errors", "L1 backfill failed")
         return result
+
+    # -- stampede protection ----------------------------------------------------------------
+    def lead_fill(self, digest: str) -> bool:
+        """Claim the right to run the query for ``digest`` (across threads and processes
+        sharing L1). True for the leader — and when L1 can't coordinate, so nobody waits."""
+        if not self.stampede_wait:
+            return True
+        try:
+            return bool(self.l1.entries.add("fill:" + digest, 1, expire=self.stampede_wait))
+        except Exception:
+            self._fault("l1_errors", "L1 fill lock failed")
+            return True
+
+    def end_fill(self, digest: str) -> None:
+        try:
+            self.l1.entries.delete("fill:" + digest)
+        except Exception:
+            self._fault("l1_errors", "L1 fill unlock failed")
+
+    def await_fill(self, digest: str) -> Optional[CachedResult]:
+        """A follower waits for the leader's result in L1, at most ``stampede_wait`` seconds;
+        None when the leader finished without a cacheable result or took too long."""
+        self.counters.incr("stampede_waits")
+        deadline = time.monotonic() + self.stampede_wait
+        delay = 0.002
+        while True:
+            try:
+                leader_done = self.l1.entries.get("fill:" + digest) is None
+            except Exception:
+                return None
+            result = self._lookup_l1(digest)
+            if result is not None:
+                self.counters.incr("hits")
+                return result
+            if leader_done or time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     # -- the write path ---------------------------------------------------------------------
     def tokens(self, names: Sequence[str]) -> Optional[Tuple[int, ...]]:
@@ -225,8 +286,10 @@ class CloudflareKVCache:
             return None
 
     def store(self, digest: str, names: Sequence[str], tokens: Sequence[int],
-              result: CachedResult, config: CacheConfig = DEFAULT_CONFIG) -> bool:
-        """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read."""
+              result: CachedResult, config: CacheConfig = DEFAULT_CONFIG,
+              started_ms: Optional[int] = None) -> bool:
+        """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read.
+        ``started_ms``: when the query started (read before the tokens); defaults to now."""
         try:
             if not self.l1.is_current(names, tokens):
                 self.counters.incr("stores_refused")
@@ -234,7 +297,8 @@ class CloudflareKVCache:
             now = now_ms()
             existing = self._live_expiry(digest, names) if config.keep_ttl else None
             expires_at = config.expires_at_ms(now, self.default_ttl_ms, existing)
-            payload = encode_entry(result, expires_at, self._secret, digest.encode())
+            started = now if started_ms is None else started_ms
+            payload = encode_entry(result, expires_at, self._secret, digest.encode(), started)
         except UnsupportedValue as exc:
             log.info("peewee_kvcache: result not cached: %s", exc)
             self.counters.incr("uncacheable")
@@ -256,10 +320,10 @@ class CloudflareKVCache:
             if expires_at <= now_s * 1000:
                 return []
             expiration = max(math.ceil(expires_at / 1000), now_s + MIN_EXPIRATION_TTL + 1)
-            return self.layout.entry_pairs(digest, payload, names, expiration)
+            return self.layout.entry_pairs(digest, payload, names, expiration, started)
 
         self.writer.submit(PutTask(max(1, len(names) - 1), build,
-                                   lambda: self._still_current(names, tokens)))
+                                   lambda: self._still_current(names, tokens), started))
         return True
 
     def _live_expiry(self, digest: str, names: Sequence[str]) -> Optional[int]:
@@ -291,8 +355,12 @@ class CloudflareKVCache:
         before this write landed: either the invalidation's bump is visible here, or it happened
         after the write and its sweep sees the markers.
         """
-        now_s = now_ms() // 1000
-        live = [(task, task.build(now_s)) for task in tasks if task.still_valid()]
+        now = now_ms()
+        late = [task for task in tasks if now - task.started_ms > self.max_put_delay_ms]
+        if late:  # a late write could land after a re-sweep meant to catch it
+            self.counters.incr("l2_puts_dropped_late", len(late))
+        live = [(task, task.build(now // 1000)) for task in tasks
+                if task not in late and task.still_valid()]
         pairs = [pair for _, task_pairs in live for pair in task_pairs]
         if not pairs:
             return
@@ -344,7 +412,7 @@ class CloudflareKVCache:
         """Another host's write, heard through NOTIFY: drop this host's L1 entries only (that
         host sweeps L2)."""
         try:
-            self.l1.bump(names)
+            self.l1.bump(names, now_ms())
             self.counters.incr("remote_evictions")
         except Exception:
             self._fault("l1_errors", "L1 eviction for a remote write failed")
@@ -379,7 +447,7 @@ class CloudflareKVCache:
         """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
         self.counters.incr("invalidations")
         try:
-            self.l1.bump(job.names)
+            self.l1.bump(job.names, now_ms())
         except Exception:
             self._fault("l1_errors", "L1 invalidation failed")
         self.writer.submit(lambda: self._run_job(job))
@@ -396,11 +464,14 @@ class CloudflareKVCache:
 
     def _run_job(self, job: Job) -> None:
         """Sweep L2 for one job; on failure leave it in the outbox with a backoff."""
-        if job.job_id not in self._own_jobs:
-            self.l1.bump(job.names)  # its writer may have died before bumping this host's L1
-        if not self._sweep_l2(job.names):
+        if job.sweep == 1 and job.job_id not in self._own_jobs:
+            self.l1.bump(job.names, now_ms())  # its writer may have died before bumping L1
+        # results whose query started after this point are fresh: the write had committed
+        before_ms = job.before_ms if job.before_ms is not None else now_ms()
+        if not self._sweep_l2(job.names, before_ms):
             if job.job_id:
-                self.outbox.retry(job, now_ms())
+                self.outbox.retry(Job(job.job_id, job.names, job.sweep, job.attempts, before_ms),
+                                  now_ms())
             return
         self._own_jobs.discard(job.job_id)
         if not job.job_id:
@@ -408,18 +479,20 @@ class CloudflareKVCache:
         self.outbox.done(job)
         if job.sweep == 1:
             self.l1.clear_pending(job.names, job.job_id)
-            if self.propagation_delay > 0:  # KV's list may not yet show other hosts' markers
-                self.outbox.add(job.names, now_ms() + int(self.propagation_delay * 1000), sweep=2)
+            # KV's list may not yet show other hosts' markers, and another host's write that
+            # started before ours may still be in flight (at most max_put_delay): sweep again.
+            self.outbox.add(job.names, now_ms() + int(self.propagation_delay * 1000)
+                            + self.max_put_delay_ms, sweep=2, before_ms=before_ms)
 
-    def _sweep_l2(self, names: Sequence[str]) -> bool:
-        """List each name's markers and bulk-delete them with their entries; True on success."""
+    def _sweep_l2(self, names: Sequence[str], before_ms: int) -> bool:
+        """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
         keys: List[str] = []
         for name in names:
             ok, infos = self._l2("L2 invalidation listing failed", self._list,
                                  self.layout.name_prefix(name))
             if not ok:
                 return False
-            keys.extend(self.layout.keys_to_delete(infos or ()))
+            keys.extend(self.layout.keys_to_delete(infos or (), before_ms + self.clock_skew_ms))
         return not keys or self._delete_l2(sorted(set(keys)))
 
     def _list(self, prefix: str) -> List[KeyInfo]:

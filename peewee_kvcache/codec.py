@@ -237,10 +237,13 @@ def _mac(secret: bytes, header: Any, payload: Any, context: bytes) -> bytes:
 
 
 def encode_entry(result: CachedResult, expires_at_ms: Optional[int],
-                 secret: Optional[bytes] = None, context: bytes = b"") -> bytes:
+                 secret: Optional[bytes] = None, context: bytes = b"",
+                 created_at_ms: Optional[int] = None) -> bytes:
     """Serialize one result; raises UnsupportedValue when any value would not round-trip."""
     if expires_at_ms is not None and type(expires_at_ms) is not int:
         raise TypeError("expires_at_ms must be an int or None")
+    if created_at_ms is not None and type(created_at_ms) is not int:
+        raise TypeError("created_at_ms must be an int or None")
     for name in result.columns:
         if type(name) is not str:
             raise _unsupported(name, "column name")
@@ -251,7 +254,7 @@ def encode_entry(result: CachedResult, expires_at_ms: Optional[int],
     with _limits_as_unsupported():
         rows = [list(row) if _NEEDS_WALK.isdisjoint(map(type, row)) else [walk(v) for v in row]
                 for row in result.rows]
-        payload = _ENTRY_ENCODER.pack([expires_at_ms, list(result.columns), rows])
+        payload = _ENTRY_ENCODER.pack([expires_at_ms, list(result.columns), rows, created_at_ms])
     if secret is None:
         return _HEADER.pack(_MAGIC, FORMAT_VERSION, 0) + payload
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, _FLAG_SIGNED)
@@ -264,7 +267,15 @@ _LIST_ONLY = frozenset((list,))
 
 def decode_entry(data: bytes, secret: Optional[bytes] = None,
                  context: bytes = b"") -> Tuple[CachedResult, Optional[int]]:
-    """Parse an entry into (result, expires_at_ms); any defect raises CodecError, never garbage."""
+    """Parse an entry into (result, expires_at_ms); any defect raises CodecError."""
+    result, expires_at_ms, _ = decode_entry_full(data, secret, context)
+    return result, expires_at_ms
+
+
+def decode_entry_full(data: bytes, secret: Optional[bytes] = None, context: bytes = b""
+                      ) -> Tuple[CachedResult, Optional[int], Optional[int]]:
+    """Parse an entry into (result, expires_at_ms, created_at_ms); any defect raises CodecError,
+    never garbage. ``created_at_ms`` is when its query started (None if the writer gave none)."""
     view = memoryview(data)
     if len(view) < _HEADER.size:
         raise CodecError("truncated cache entry")
@@ -292,15 +303,16 @@ def decode_entry(data: bytes, secret: Optional[bytes] = None,
         raise
     except Exception as exc:  # anything a malformed buffer can provoke means "corrupt"
         raise CodecError(f"corrupt cache entry ({type(exc).__name__})") from exc
-    if type(payload) is not list or len(payload) != 3:
+    if type(payload) is not list or len(payload) != 4:
         raise CodecError("cache entry payload has the wrong shape")
-    expires_at_ms, columns, rows = payload
+    expires_at_ms, columns, rows, created_at_ms = payload
     if not ((expires_at_ms is None or type(expires_at_ms) is int)
+            and (created_at_ms is None or type(created_at_ms) is int)
             and type(columns) is list and _STR_ONLY.issuperset(map(type, columns))
             and type(rows) is list and _LIST_ONLY.issuperset(map(type, rows))
             and frozenset((len(columns),)).issuperset(map(len, rows))):
         raise CodecError("cache entry payload has the wrong shape")
-    return CachedResult(tuple(columns), list(map(tuple, rows))), expires_at_ms
+    return CachedResult(tuple(columns), list(map(tuple, rows))), expires_at_ms, created_at_ms
 
 
 def encode_params(params: Sequence[Any]) -> bytes:

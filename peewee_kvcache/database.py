@@ -24,6 +24,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 from . import notify
 from .cache import CloudflareKVCache, digest_of
 from .codec import CachedResult, UnsupportedValue, encode_params
+from .config import now_ms
 from .cursor import CachedCursor
 from .index import table_name
 from .names import EVERYTHING, stamp_names, tag_digest_part
@@ -127,13 +128,28 @@ class CachedDatabase:
         result = self.cache.lookup(digest, names)
         if result is not None:
             return CachedCursor(result)
+        leader = txn is not None or self.cache.lead_fill(digest)  # one query per stampede
+        if not leader:
+            result = self.cache.await_fill(digest)
+            if result is not None:
+                return CachedCursor(result)
+        try:
+            return self._fill(digest, names, sql, params, options, txn)
+        finally:
+            if txn is None and leader:
+                self.cache.end_fill(digest)
+
+    def _fill(self, digest: str, names: List[str], sql: str, params: Any,
+              options: CacheOptions, txn: Optional[_Txn]) -> Any:
+        """Run the query and store its result (when the rules allow)."""
+        started_ms = now_ms()
         tokens = self.cache.tokens(names)  # before the query: see l1.py on the store race
         cursor = self._run(sql, params)
         if tokens is None or not self._may_store(txn, tokens):
             return cursor
         result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
         cursor.close()
-        self.cache.store(digest, names, tokens, result, options.config)
+        self.cache.store(digest, names, tokens, result, options.config, started_ms)
         return CachedCursor(result)
 
     @staticmethod

@@ -71,18 +71,24 @@ class KeyLayout:
         return self.name_prefix(indexed[0]) + digest if indexed else self.prefix + ENTRY + digest
 
     def entry_pairs(self, digest: str, value: bytes, names: Sequence[str],
-                    expiration: int) -> List[KVPair]:
-        """The entry under its first name plus one marker per further name, expiring together."""
+                    expiration: int, created_ms: int) -> List[KVPair]:
+        """The entry under its first name plus one marker per further name, expiring together.
+        Metadata ``c`` (when the query started) lets a sweep keep results computed after it."""
         key = self.entry_key(digest, names)
-        pairs = [KVPair(key, value, expiration=expiration)]
+        pairs = [KVPair(key, value, expiration=expiration, metadata={"c": created_ms})]
         pairs.extend(KVPair(self.name_prefix(name) + digest, MARKER_VALUE, expiration=expiration,
-                            metadata={"e": key}) for name in _indexed(names)[1:])
+                            metadata={"e": key, "c": created_ms})
+                     for name in _indexed(names)[1:])
         return pairs
 
-    def keys_to_delete(self, infos: Iterable[KeyInfo]) -> List[str]:
-        """Listed keys plus the entries that listed markers point at."""
+    def keys_to_delete(self, infos: Iterable[KeyInfo], before_ms: int) -> List[str]:
+        """Listed keys of results computed up to ``before_ms`` (or of unknown age), plus the
+        entries their markers point at. Later results are fresh: a sweep leaves them alone."""
         keys = []
         for info in infos:
+            created = info.metadata.get("c") if isinstance(info.metadata, dict) else None
+            if isinstance(created, int) and created > before_ms:
+                continue
             keys.append(info.name)
             target = marker_target(info)
             if target is not None and target.startswith(self.prefix):

@@ -94,15 +94,23 @@ class L1Store:
             value = self.meta.get(_SEQ)
         return int(value)
 
-    def bump(self, names: Iterable[str]) -> int:
-        """Give every name a fresh token, killing every entry stamped with the old one."""
-        keys = ["v:" + name for name in names]
+    def bump(self, names: Iterable[str], at_ms: Optional[int] = None) -> int:
+        """Give every name a fresh token, killing every entry stamped with the old one, and
+        remember when (wall clock, ``at_ms``): L2 entries computed before then are stale here."""
+        names = list(names)
         with self.meta.transact():
             self.seq()
             token = self.meta.incr(_SEQ)
-            for key in keys:
-                self.meta.set(key, token)
+            for name in names:
+                self.meta.set("v:" + name, token)
+                if at_ms is not None:
+                    self.meta.set("i:" + name, at_ms)
         return token
+
+    def invalidated_at(self, names: Iterable[str]) -> int:
+        """When (unix ms) any of ``names`` was last invalidated as seen by this host; 0 if never."""
+        get = self.meta.get
+        return max((get("i:" + name) or 0 for name in names), default=0)
 
     def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
         """Current tokens for ``names``; a name never bumped gets the base token."""

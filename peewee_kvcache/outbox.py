@@ -24,12 +24,14 @@ MAX_BACKOFF_MS = 300_000
 
 @dataclass(frozen=True)
 class Job:
-    """Sweep ``names`` from L2; ``sweep`` 1 is the commit-time sweep, 2 the late re-sweep."""
+    """Sweep ``names`` from L2; ``sweep`` 1 is the commit-time sweep, 2 the late re-sweep, which
+    deletes only results computed up to ``before_ms`` (the first sweep's boundary)."""
 
     job_id: str
     names: Tuple[str, ...]
     sweep: int = 1
     attempts: int = 0
+    before_ms: Optional[int] = None
 
 
 def _key(due_ms: int, job_id: str) -> str:
@@ -44,14 +46,15 @@ class Outbox:
         self.jobs = diskcache.Cache(os.path.join(directory, "outbox"), eviction_policy="none",
                                     timeout=timeout)
 
-    def add(self, names: Tuple[str, ...], due_ms: int, sweep: int = 1, attempts: int = 0) -> Job:
-        job = Job(uuid.uuid4().hex, tuple(names), sweep, attempts)
+    def add(self, names: Tuple[str, ...], due_ms: int, sweep: int = 1,
+            before_ms: Optional[int] = None) -> Job:
+        job = Job(uuid.uuid4().hex, tuple(names), sweep, 0, before_ms)
         self._put(job, due_ms)
         return job
 
     def _put(self, job: Job, due_ms: int) -> None:
         self.jobs.set(_key(due_ms, job.job_id),
-                      msgpack.packb([list(job.names), job.sweep, job.attempts]))
+                      msgpack.packb([list(job.names), job.sweep, job.attempts, job.before_ms]))
 
     def _find(self, job_id: str) -> Optional[str]:
         return next((k for k in self.jobs.iterkeys() if k.endswith("-" + job_id)), None)
@@ -73,8 +76,8 @@ class Outbox:
             yield job
 
     def _lease(self, key: str, now_ms: int) -> Job:
-        names, sweep, attempts = msgpack.unpackb(self.jobs.pop(key))
-        job = Job(key.split("-", 1)[1], tuple(names), sweep, attempts)
+        names, sweep, attempts, before_ms = msgpack.unpackb(self.jobs.pop(key))
+        job = Job(key.split("-", 1)[1], tuple(names), sweep, attempts, before_ms)
         self._put(job, now_ms + self.lease_ms)
         return job
 
@@ -91,7 +94,8 @@ class Outbox:
             key = self._find(job.job_id)
             if key:
                 self.jobs.delete(key)
-            self._put(Job(job.job_id, job.names, job.sweep, job.attempts + 1), now_ms + delay)
+            self._put(Job(job.job_id, job.names, job.sweep, job.attempts + 1, job.before_ms),
+                      now_ms + delay)
         return delay
 
     def next_due_ms(self) -> Optional[int]:

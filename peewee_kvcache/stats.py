@@ -14,7 +14,8 @@ COUNTERS = (
     "hits", "misses", "l1_hits", "l2_hits", "stores", "stores_refused", "uncacheable",
     "bypassed_in_transaction", "invalidations", "l1_errors", "l2_errors", "codec_errors",
     "bad_signatures", "oversized", "l2_skipped_pending", "l2_budget_skipped", "l2_circuit_open",
-    "l1_rechecks", "remote_evictions",
+    "l1_rechecks", "remote_evictions", "stampede_waits", "l2_stale_rejected",
+    "l2_puts_dropped_late",
 )
 
 
@@ -64,6 +65,9 @@ class CacheStats:
     l2_circuit_open: int
     l1_rechecks: int
     remote_evictions: int
+    stampede_waits: int
+    l2_stale_rejected: int
+    l2_puts_dropped_late: int
     l1_entries: int = 0
     l1_volume_bytes: int = 0
     pending_l2_work: int = 0

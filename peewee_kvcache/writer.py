@@ -31,6 +31,7 @@ class PutTask:
     key_count: int
     build: Callable[[int], List[KVPair]]
     still_valid: Callable[[], bool]
+    started_ms: int
 
 
 Task = Union[PutTask, Callable[[], None]]

@@ -17,7 +17,7 @@ import pytest
 
 from peewee_kvcache.codec import (
     _MAX_TUPLE_DEPTH, FORMAT_VERSION, CachedResult, CodecError, UnsupportedValue, decode_entry,
-    encode_entry, encode_params,
+    decode_entry_full, encode_entry, encode_params,
 )
 
 SECRET = b"s3cr3t-signing-key-for-tests"
@@ -277,14 +277,20 @@ def test_empty_secret_is_refused():
 
 
 def _raw_entry(payload):
+    """A raw entry; a 3-item payload gets the 4th item (created_at_ms) as None."""
+    if isinstance(payload, list) and len(payload) == 3:
+        payload = payload + [None]
     return b"PKC" + bytes([FORMAT_VERSION, 0]) + msgpack.packb(payload, use_bin_type=True)
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"PK", b"PKC\x01", b"XKC\x01\x00\x93\xc0\x90\x90", b"PKC\x02\x00\x93\xc0\x90\x90",
-    b"PKC\x00\x00\x93\xc0\x90\x90", b"PKC\x01\x02\x93\xc0\x90\x90", b"PKC\x01\x00",
-    b"PKC\x01\x00\xc1", b"PKC\x01\x00\x93\xc0\x90\x90\x00", b"PKC\x01\x00\x93\xc0\x90",
-    _raw_entry({}), _raw_entry([None, []]), _raw_entry([None, [], [], None]), _raw_entry(["1", [], []]),
+    b"", b"PK", b"PKC\x01", b"XKC\x01\x00\x94\xc0\x90\x90\xc0",
+    b"PKC\x02\x00\x94\xc0\x90\x90\xc0", b"PKC\x00\x00\x94\xc0\x90\x90\xc0",
+    b"PKC\x01\x02\x94\xc0\x90\x90\xc0", b"PKC\x01\x00", b"PKC\x01\x00\xc1",
+    b"PKC\x01\x00\x94\xc0\x90\x90\xc0\x00", b"PKC\x01\x00\x94\xc0\x90\x90",
+    b"PKC\x01\x00\x93\xc0\x90\x90", _raw_entry([None, [], [], "x"]),
+    _raw_entry([None, [], [], 1.5]), _raw_entry([None, [], [], None, None]),
+    _raw_entry({}), _raw_entry([None, []]), _raw_entry(["1", [], []]),
     _raw_entry([True, [], []]), _raw_entry([1.5, [], []]), _raw_entry([None, "ab", []]),
     _raw_entry([None, [1], [[1]]]), _raw_entry([None, ["a"], "x"]), _raw_entry([None, ["a"], [[1, 2]]]),
     _raw_entry([None, ["a"], [{"a": 1}]]), _raw_entry([None, ["a"], ["a"]]), _raw_entry([None, ["a"], [[]]]),
@@ -489,6 +495,14 @@ def test_postgres_driver_values_round_trip():
         back, _ = decode_entry(encode_entry(result, 1, SECRET), SECRET)
         assert back.columns == result.columns
         assert_same(result.rows, back.rows)
+
+
+def test_created_at_round_trips():
+    data = encode_entry(RESULT, 5000, created_at_ms=1234)
+    assert decode_entry_full(data) == (RESULT, 5000, 1234)
+    assert decode_entry_full(encode_entry(RESULT, None)) == (RESULT, None, None)
+    with pytest.raises(TypeError):
+        encode_entry(RESULT, None, created_at_ms=1.5)
 
 
 def test_signature_binds_the_entry_to_its_key():

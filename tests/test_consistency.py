@@ -39,8 +39,8 @@ def wait_for(predicate, timeout=5.0):
 def two_hosts_sqlite(make_cache, tmp_path):
     """Two 'hosts': separate L1 directories, one KV namespace, one database file."""
     path = str(tmp_path / "shared.db")
-    a = CachedSqliteDatabase(path, cache=make_cache("l1-a", l1_max_age=1))
-    b = CachedSqliteDatabase(path, cache=make_cache("l1-b", l1_max_age=1))
+    a = CachedSqliteDatabase(path, cache=make_cache("l1-a", l1_max_age=1, max_put_delay=0.5))
+    b = CachedSqliteDatabase(path, cache=make_cache("l1-b", l1_max_age=1, max_put_delay=0.5))
     with a.bind_ctx([Row]):
         a.create_tables([Row])
         Row.create(value=1)
@@ -79,6 +79,7 @@ def test_recheck_keeps_serving_an_entry_l2_still_holds(two_hosts_sqlite):
 def test_recheck_prefers_a_newer_result_in_l2(two_hosts_sqlite):
     a, b = two_hosts_sqlite
     assert read(a) == [1]
+    assert a.cache.drain(10)
     write(b, 2)
     assert b.cache.drain(10)
     assert read(b) == [2]                          # B caches the new rows in L2
@@ -87,6 +88,29 @@ def test_recheck_prefers_a_newer_result_in_l2(two_hosts_sqlite):
     l2_hits = a.cache.get_stats().l2_hits
     assert read(a) == [2]
     assert a.cache.get_stats().l2_hits == l2_hits + 1
+
+
+def test_another_hosts_late_write_is_never_served_to_the_writer(two_hosts_sqlite):
+    """A's result (computed before B's write) lands in L2 after B's sweep: B rejects it (it was
+    computed before B's invalidation), and B's late re-sweep deletes it for everyone else."""
+    a, b = two_hosts_sqlite
+    assert read(a) == [1]                          # A's L2 write is still queued...
+    write(b, 2)
+    assert b.cache.drain(10)                       # ...B's sweep runs first...
+    assert a.cache.drain(10)                       # ...then A's stale entry lands
+    (key,) = b.cache.l2_entry_keys()
+    assert read(b) == [2]                          # read-your-writes on B despite it
+    assert b.cache.get_stats().l2_stale_rejected == 1
+    assert b.cache.drain(10)
+    assert wait_for(lambda: b.cache.get_stats().outbox_jobs == 0, timeout=5)  # re-sweep ran
+    c = make_third_host(b)
+    assert read(c) == [2]                          # a host that never heard of the write
+
+
+def make_third_host(b):
+    from peewee_kvcache import CloudflareKVCache
+    cache = CloudflareKVCache(b.cache.namespace, l1_directory=b.cache.l1.directory + "-c")
+    return CachedSqliteDatabase(b.database, cache=cache)
 
 
 def test_recheck_without_l2_goes_to_the_database(two_hosts_sqlite, monkeypatch):
