@@ -1,0 +1,138 @@
+"""Stampede protection: many threads or processes missing the same key run the query once."""
+import multiprocessing
+import threading
+import time
+
+import peewee
+import pytest
+
+from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache, LocalKVNamespace
+
+
+class Item(peewee.Model):
+    name = peewee.CharField()
+
+
+def query():
+    return Item.select().order_by(Item.id).with_cache()
+
+
+@pytest.fixture
+def slow_db(make_cache, tmp_path, monkeypatch):
+    """A database whose reads of ``item`` take 0.3 s and are counted."""
+    cache = make_cache(stampede_wait=3)
+    db = CachedSqliteDatabase(str(tmp_path / "s.db"), cache=cache)
+    db.bind([Item])
+    db.create_tables([Item])
+    Item.create(name="a")
+    runs = []
+    real_run = type(db)._run
+
+    def slow_run(self, sql, params):
+        if "item" in sql:
+            runs.append(threading.get_ident())
+            time.sleep(self._delay)
+        return real_run(self, sql, params)
+
+    db._delay = 0.3
+    monkeypatch.setattr(type(db), "_run", slow_run)
+    yield db, runs
+    db.close()
+
+
+def run_threads(n, target):
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(target())
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results, errors
+
+
+def test_threads_missing_one_key_run_the_query_once(slow_db):
+    db, runs = slow_db
+    results, errors = run_threads(8, lambda: [i.name for i in query()])
+    assert errors == []
+    assert results == [["a"]] * 8
+    assert len(runs) == 1
+    assert db.cache.get_stats().stampede_waits == 7
+
+
+def test_followers_fall_back_when_the_leader_is_too_slow(slow_db):
+    db, runs = slow_db
+    db.cache.stampede_wait = 0.2
+    db._delay = 1.0
+    started = time.monotonic()
+    results, errors = run_threads(4, lambda: [i.name for i in query()])
+    assert errors == [] and results == [["a"]] * 4
+    assert len(runs) == 4                          # each follower gave up after 0.2 s
+    assert time.monotonic() - started < 3.0
+
+
+def test_followers_run_the_query_when_the_leader_fails(slow_db, monkeypatch):
+    db, runs = slow_db
+    real_store = db.cache.store
+    failed = []
+
+    def failing_store(*args, **kwargs):
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("leader died")
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(db.cache, "store", failing_store)
+    results, errors = run_threads(3, lambda: [i.name for i in query()])
+    assert len(errors) == 1 and str(errors[0]) == "leader died"
+    assert results == [["a"]] * 2                   # not stuck: they ran it themselves
+    assert len(runs) >= 2
+
+
+def _process_read(args):
+    """A process sharing the L1 directory: waits at the barrier, then reads (slowly)."""
+    db_path, l1, kv, barrier, counter, results = args
+    cache = CloudflareKVCache(LocalKVNamespace(kv), l1_directory=l1, stampede_wait=5)
+    db = CachedSqliteDatabase(db_path, cache=cache)
+    real_run = type(db)._run
+
+    def slow_run(self, sql, params):
+        if "item" in sql:
+            with counter.get_lock():
+                counter.value += 1
+            time.sleep(0.5)
+        return real_run(self, sql, params)
+
+    type(db)._run = slow_run
+    with db.bind_ctx([Item]):
+        barrier.wait(10)
+        results.put([i.name for i in query()])
+    cache.close()
+
+
+def test_processes_sharing_l1_run_the_query_once(tmp_path):
+    db_path = str(tmp_path / "p.db")
+    db = CachedSqliteDatabase(db_path, cache=CloudflareKVCache(
+        LocalKVNamespace(tmp_path / "kv"), l1_directory=str(tmp_path / "l1")))
+    with db.bind_ctx([Item]):
+        db.create_tables([Item])
+        Item.create(name="a")
+    db.cache.close()
+    db.close()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, counter, results = ctx.Barrier(4), ctx.Value("i", 0), ctx.Queue()
+    args = (db_path, str(tmp_path / "l1"), str(tmp_path / "kv"), barrier, counter, results)
+    procs = [ctx.Process(target=_process_read, args=(args,)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0] * 4
+    assert [results.get(timeout=5) for _ in procs] == [["a"]] * 4
+    assert counter.value == 1
