@@ -6,6 +6,7 @@ with open("README.md", encoding="utf-8") as fh:
 
 POSTGRES = ["psycopg2-binary>=2.9"]
 MYSQL = ["pymysql>=1.0"]
+EXAMPLES = ["flask>=2.2"]
 
 setup(
     name="peewee_kvcache",
@@ -24,12 +25,14 @@ setup(
         "sqlglot>=30,<31",
         "msgpack>=1.0",
         "platformdirs>=3.0",
-        "pybreaker>=1.0",
+        "rich>=13",
     ],
     extras_require={
         "postgres": POSTGRES,
         "mysql": MYSQL,
-        "test": POSTGRES + MYSQL + ["pytest>=7", "freezegun>=1.2", "pytest-timeout>=2.1"],
+        "examples": POSTGRES + EXAMPLES,
+        "test": POSTGRES + MYSQL + EXAMPLES + ["pytest>=7", "freezegun>=1.2",
+                                               "pytest-timeout>=2.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

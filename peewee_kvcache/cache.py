@@ -11,12 +11,16 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+import uuid
+from collections import Counter
+from dataclasses import replace
+from typing import (Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar,
+                    Union)
 
 import platformdirs
-import pybreaker
 
 from . import index
+from .breaker import CircuitBreaker, CircuitOpenError
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     decode_entry_full, encode_entry)
 from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
@@ -26,7 +30,7 @@ from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
 from .l1 import L1Entry, L1Store, Unavailable
-from .outbox import Job, Outbox
+from .outbox import MAX_BACKOFF_MS, Job, Outbox
 from .index import EVERYTHING
 from .names import stamp_names, table_names_of, tag_digest_part, tag_list
 from .stats import CacheStats, Counters
@@ -113,12 +117,13 @@ class CloudflareKVCache:
             self.l1 = self.outbox = Unavailable(l1_directory, exc)
         self.layout = KeyLayout(prefix)
         self.counters = Counters()
-        self.breaker = pybreaker.CircuitBreaker(fail_max=breaker_fail_max,
-                                                reset_timeout=breaker_reset_timeout,
-                                                exclude=[_not_a_kv_fault], name="kv")
+        self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout, _not_a_kv_fault)
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
                                   else propagation_delay)
-        self._own_jobs: set = set()
+        self._own_jobs: Set[str] = set()
+        self._untrusted: Set[str] = set()  # names whose L1 bump failed (see _bump)
+        self._memory_jobs: List[Tuple[int, Job]] = []  # sweeps that could not be recorded
+        self._memory_pending: Counter = Counter()  # their names: not read from L2 meanwhile
         self.writer = BackgroundWriter(self._send_puts, self._run_due_jobs)
         if self._outbox_len() > 0:
             self.writer.start()  # sweeps an earlier process left unfinished
@@ -144,6 +149,8 @@ class CloudflareKVCache:
             if entry is None or entry.expires_at_ms <= now:
                 return None
             if not self.l1.is_current(entry.names, entry.tokens):
+                return None
+            if self._untrusted and self._untrusted.intersection(entry.names):
                 return None
             if self.l1_max_age_ms is not None and now - entry.checked_at_ms > self.l1_max_age_ms:
                 return self._recheck(digest, entry, now)
@@ -203,7 +210,7 @@ class CloudflareKVCache:
 
     def _lookup_l2(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
         try:
-            if self.l1.any_pending(names):
+            if any(self._memory_pending[n] for n in names) or self.l1.any_pending(names):
                 self.counters.incr("l2_skipped_pending")
                 return None
             tokens = self.l1.tokens(names)  # before the read: a later bump kills the backfill
@@ -291,7 +298,7 @@ class CloudflareKVCache:
         """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read.
         ``started_ms``: when the query started (read before the tokens); defaults to now."""
         try:
-            if not self.l1.is_current(names, tokens):
+            if not self.l1.is_current(names, tokens) or self._untrusted.intersection(names):
                 self.counters.incr("stores_refused")
                 return False
             now = now_ms()
@@ -381,7 +388,7 @@ class CloudflareKVCache:
             return True, self.breaker.call(call, *args)
         except BudgetExhausted:
             self.counters.incr("l2_budget_skipped")
-        except pybreaker.CircuitBreakerError:
+        except CircuitOpenError:
             self.counters.incr("l2_circuit_open")
         except Exception:
             self._fault("l2_errors", what)
@@ -430,7 +437,8 @@ class CloudflareKVCache:
     def prepare_invalidation(self, names: Sequence[str]) -> Optional[Job]:
         """Record the L2 sweep durably *before* the write commits, and stop this host reading
         the names from L2 until it succeeded. A crash after the commit leaves the job behind
-        for the next process; a rollback only costs a needless sweep."""
+        for the next process; a rollback only costs a needless sweep. Without a usable L1 the
+        job lives in memory only (retried by this process)."""
         if not names:
             return None
         names = tuple(sorted(set(names)))
@@ -439,50 +447,90 @@ class CloudflareKVCache:
             self.l1.mark_pending(names, job.job_id)
         except Exception:
             self._fault("l1_errors", "recording an invalidation failed")
-            job = Job("", names)
+            job = Job("mem-" + uuid.uuid4().hex, names, durable=False)
+            self._memory_pending.update(names)
         self._own_jobs.add(job.job_id)
         return job
 
     def complete_invalidation(self, job: Job) -> None:
         """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
         self.counters.incr("invalidations")
+        self._bump(job.names)
+        self.writer.submit(lambda: self._run_job(job))
+
+    def _bump(self, names: Sequence[str]) -> None:
+        """New tokens for ``names``. If L1 can't take them (a full disk), this process stops
+        trusting L1 entries of those names until a later bump succeeds (see ``_run_due_jobs``)."""
         try:
-            self.l1.bump(job.names, now_ms())
+            self.l1.bump(names, now_ms())
         except Exception:
             self._fault("l1_errors", "L1 invalidation failed")
-        self.writer.submit(lambda: self._run_job(job))
+            self._untrusted.update(names)
 
     def _run_due_jobs(self) -> None:
         """Writer tick: retries, late re-sweeps and jobs other processes left behind."""
+        if self._untrusted:
+            names = tuple(self._untrusted)
+            try:
+                self.l1.bump(names, now_ms())
+                self._untrusted.difference_update(names)
+            except Exception:
+                pass  # still failing: those names stay untrusted, counted when they first failed
+        now = now_ms()
+        due = [job for at, job in self._memory_jobs if at <= now]
+        self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
         try:
-            jobs = list(self.outbox.claim_due(now_ms()))
+            due.extend(self.outbox.claim_due(now))
         except Exception:
             self._fault("l1_errors", "reading the invalidation outbox failed")
-            return
-        for job in jobs:
+        for job in due:
             self._run_job(job)
 
     def _run_job(self, job: Job) -> None:
-        """Sweep L2 for one job; on failure leave it in the outbox with a backoff."""
+        """Sweep L2 for one job; on failure reschedule it with a backoff."""
         if job.sweep == 1 and job.job_id not in self._own_jobs:
-            self.l1.bump(job.names, now_ms())  # its writer may have died before bumping L1
+            self._bump(job.names)  # its writer may have died before bumping L1
         # results whose query started after this point are fresh: the write had committed
         before_ms = job.before_ms if job.before_ms is not None else now_ms()
+        job = replace(job, before_ms=before_ms)
         if not self._sweep_l2(job.names, before_ms):
-            if job.job_id:
-                self.outbox.retry(Job(job.job_id, job.names, job.sweep, job.attempts, before_ms),
-                                  now_ms())
+            self._retry(job)
             return
         self._own_jobs.discard(job.job_id)
-        if not job.job_id:
-            return
-        self.outbox.done(job)
-        if job.sweep == 1:
-            self.l1.clear_pending(job.names, job.job_id)
-            # KV's list may not yet show other hosts' markers, and another host's write that
-            # started before ours may still be in flight (at most max_put_delay): sweep again.
-            self.outbox.add(job.names, now_ms() + int(self.propagation_delay * 1000)
-                            + self.max_put_delay_ms, sweep=2, before_ms=before_ms)
+        try:
+            if job.durable:
+                self.outbox.done(job)
+            if job.sweep == 1:
+                if job.durable:
+                    self.l1.clear_pending(job.names, job.job_id)
+                else:
+                    self._memory_pending.subtract(job.names)
+                    self._memory_pending += Counter()  # drops the names that reached zero
+                # KV's list may not yet show other hosts' markers, and another host's write that
+                # started before ours may still be in flight (at most max_put_delay): again.
+                self._schedule(replace(job, sweep=2, attempts=0),
+                               int(self.propagation_delay * 1000) + self.max_put_delay_ms)
+        except Exception:
+            self._fault("l1_errors", "updating the invalidation outbox failed")
+
+    def _retry(self, job: Job) -> None:
+        try:
+            if job.durable:
+                self.outbox.retry(job, now_ms())
+                return
+        except Exception:
+            self._fault("l1_errors", "rescheduling an invalidation failed")
+        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
+        self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
+                                                            durable=False)))
+
+    def _schedule(self, job: Job, delay_ms: int) -> None:
+        """A further sweep after ``delay_ms``: in the outbox, or in memory without an L1."""
+        if job.durable:
+            self.outbox.add(job.names, now_ms() + delay_ms, sweep=job.sweep,
+                            before_ms=job.before_ms)
+        else:
+            self._memory_jobs.append((now_ms() + delay_ms, job))
 
     def _sweep_l2(self, names: Sequence[str], before_ms: int) -> bool:
         """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
@@ -557,7 +605,7 @@ class CloudflareKVCache:
             l1 = {}
         return CacheStats(**counts, **self.counters.snapshot(), **l1,
                           pending_l2_work=self.writer.pending(),
-                          outbox_jobs=self._outbox_len(), l2_circuit=self.breaker.current_state)
+                          outbox_jobs=self._outbox_len(), l2_circuit=self.breaker.state)
 
     def _outbox_len(self) -> int:
         try:

@@ -1,18 +1,45 @@
 """The ``peewee-kvcache`` command line (also ``python -m peewee_kvcache``).
 
-One function per subcommand, registered in ``build_parser``, so new commands slot in beside
-``serve-kv`` without touching the others.
+One function per subcommand, registered in ``build_parser``. The operator commands (``stats``,
+``invalidate``, ``clear``, ``index rebuild``) and ``demo`` open the cache the way an application
+configures it: ``--kv``/``--kv-dir``/``--l1-dir``/``--prefix`` or their ``PEEWEE_KVCACHE_*``
+variables, Cloudflare credentials from ``CLOUDFLARE_*`` only (a token on a command line would land
+in shell history and ``ps``). Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import signal
 import sys
+import tempfile
+import textwrap
 import threading
-from typing import Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from .cache import CloudflareKVCache, default_directory
+from .kv.base import KVError, KVNamespace
+from .kv.cloudflare import CloudflareKVNamespace
+from .kv.local import LocalKVNamespace
+from .l1 import Unavailable
+from .names import table_names_of
 
 DEFAULT_TOKEN = "local-dev-token"
+KV_KINDS = ("local", "cloudflare")
+#: counters that say an L2 call of this process did not go through
+L2_FAILURES = ("l2_errors", "l2_circuit_open", "l2_budget_skipped")
+
+
+class UsageError(Exception):
+    """The command line or the environment is wrong (exit 2)."""
+
+
+class Failed(Exception):
+    """The operation was attempted and failed (exit 1)."""
 
 
 def _rate_limit(text: str) -> Tuple[int, float]:
@@ -58,16 +85,384 @@ def serve_kv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setting(value: Optional[str], variable: str, default: Optional[str] = None
+             ) -> Optional[str]:
+    """A flag, else its environment variable, else the default."""
+    return value if value is not None else (os.environ.get(variable) or default)
+
+
+def _open_namespace(args: argparse.Namespace, default_dir: Optional[str] = None,
+                    must_exist: bool = True) -> Tuple[KVNamespace, str]:
+    """The configured L2 namespace and a description of it (never the token)."""
+    kind = _setting(args.kv, "PEEWEE_KVCACHE_KV", "local")
+    if kind not in KV_KINDS:
+        raise UsageError(f"PEEWEE_KVCACHE_KV must be one of {', '.join(KV_KINDS)}, not {kind!r}")
+    if kind == "cloudflare":
+        try:
+            namespace = CloudflareKVNamespace.from_env()
+        except ValueError as exc:
+            raise UsageError(f"--kv cloudflare: {exc}") from None
+        return namespace, (f"Cloudflare KV namespace {namespace.namespace_id} (account "
+                           f"{namespace.account_id}, {namespace.base_url})")
+    directory = _setting(args.kv_dir, "PEEWEE_KVCACHE_KV_DIR", default_dir) \
+        or default_directory("kv")
+    if must_exist and not os.path.isdir(directory):
+        raise UsageError(f"no local KV namespace at {directory} (set --kv-dir or "
+                         "PEEWEE_KVCACHE_KV_DIR to the directory your application uses)")
+    return LocalKVNamespace(directory), f"local KV namespace {directory}"
+
+
+def _open_cache(args: argparse.Namespace, namespace: KVNamespace,
+                default_l1: Optional[str] = None) -> CloudflareKVCache:
+    l1_dir = _setting(args.l1_dir, "PEEWEE_KVCACHE_L1_DIR", default_l1)
+    try:
+        cache = CloudflareKVCache(namespace, l1_directory=l1_dir,
+                                  prefix=_setting(args.prefix, "PEEWEE_KVCACHE_PREFIX", "pkv:"))
+    except ValueError as exc:
+        namespace.close()
+        raise UsageError(str(exc)) from None
+    if isinstance(cache.l1, Unavailable):
+        cache.close()
+        raise Failed(f"cannot open the L1 directory {cache.l1.directory} (-v shows why)")
+    return cache
+
+
+@contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Tuple[CloudflareKVCache, str]]:
+    """The configured cache and a description of its L2, closed afterwards."""
+    namespace, where = _open_namespace(args)
+    cache = _open_cache(args, namespace)
+    try:
+        yield cache, where
+    finally:
+        cache.close()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _maintenance(cache: CloudflareKVCache, progress: Callable[..., None]) -> Any:
+    from .maintenance import Maintenance
+    return Maintenance.for_cache(cache, progress)
+
+
+# --- stats ------------------------------------------------------------------------------------
+
+def stats(args: argparse.Namespace) -> int:
+    """Key counts from L2 (right across hosts) and this host's L1 size and pending sweeps."""
+    from . import console
+
+    with _opened(args) as (cache, where):
+        with console.key_progress() as progress:
+            counts = _maintenance(cache, progress).count()
+        l1 = cache.l1.stats()
+        data: Dict[str, Any] = {"kv": where, "prefix": cache.prefix,
+                                "l1_directory": cache.l1.directory,
+                                "total_keys": counts.total_keys, "table_keys": counts.table_keys,
+                                "tag_keys": counts.tag_keys, "markers": counts.markers,
+                                "by_table": counts.by_table, "by_tag": counts.by_tag,
+                                "outbox_jobs": len(cache.outbox), **l1}
+    if args.json:
+        _print_json(data)
+        return 0
+    out = console.STDOUT
+    out.print(f"Cache prefix {cache.prefix!r} in {where}; L1 at {data['l1_directory']}")
+    out.print(console.key_value_table("Keys", {
+        "results in L2 (total_keys)": counts.total_keys, "markers in L2": counts.markers,
+        "keys under tables (table_keys)": counts.table_keys,
+        "keys under tags (tag_keys)": counts.tag_keys,
+        "L1 entries, live or dead (this host)": l1["l1_entries"],
+        "L1 size, bytes": l1["l1_volume_bytes"],
+        "invalidation sweeps queued (outbox)": data["outbox_jobs"]}))
+    if counts.by_table:
+        out.print(console.counts_table("L2 keys per table", "table", counts.by_table))
+    if counts.by_tag:
+        out.print(console.counts_table("L2 keys per tag", "tag", counts.by_tag))
+    out.print("Hit and miss counters live in each application process: read them there with "
+              "db.cache.get_stats().")
+    return 0
+
+
+# --- invalidate -------------------------------------------------------------------------------
+
+def invalidate(args: argparse.Namespace) -> int:
+    """What a write through the cache does: new L1 tokens here, an L2 sweep for every host."""
+    if not args.table and not args.tag:
+        raise UsageError("give at least one --table or --tag")
+    with _opened(args) as (cache, where):
+        before = cache.counters.snapshot()
+        try:
+            tables = table_names_of(args.table)
+            cache.invalidate(tables=tables, tags=args.tag)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        cache.drain()
+        after = cache.counters.snapshot()
+        if any(after[name] > before[name] for name in L2_FAILURES):
+            raise Failed(f"the L2 sweep in {where} failed (-v shows why); L1 at "
+                         f"{cache.l1.directory} is invalidated and the sweep is queued in its "
+                         "outbox: the next process using that directory retries it")
+    if args.json:
+        _print_json({"tables": tables, "tags": args.tag, "l2_swept": True})
+    else:
+        what = ", ".join([f"table {t}" for t in tables] + [f"tag {g}" for g in args.tag])
+        print(f"Invalidated {what}: L1 tokens renewed, L2 keys deleted from {where}.")
+    return 0
+
+
+# --- clear ------------------------------------------------------------------------------------
+
+def _confirm(question: str) -> bool:
+    """Ask on stderr (stdout may be a --json pipe); only "y" or "yes" agree, EOF declines."""
+    print(question, end=" ", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    if not sys.stdin.isatty():  # nobody typed the newline that ends the prompt's line
+        print(file=sys.stderr)
+    return answer.strip().lower() in ("y", "yes")
+
+
+def clear(args: argparse.Namespace) -> int:
+    """Empty L1 and every L2 key of the prefix, after listing them (and asking)."""
+    from . import console
+
+    with _opened(args) as (cache, where):
+        with console.key_progress() as progress:
+            maintenance = _maintenance(cache, progress)
+            keys = maintenance.scan()
+        if not args.yes and not _confirm(
+                f"Delete {len(keys):,} L2 keys under prefix {cache.prefix!r} in {where} and "
+                f"empty the L1 directory {cache.l1.directory}? [y/N]"):
+            print("Aborted: nothing was deleted.", file=sys.stderr)
+            return 1
+        cache.l1.clear()
+        with console.key_progress() as progress:
+            maintenance.progress = progress
+            deleted = maintenance.clear(keys)
+    if args.json:
+        _print_json({"deleted_keys": deleted, "l1_cleared": True})
+    else:
+        print(f"Deleted {deleted:,} L2 keys from {where} and emptied L1.")
+    return 0
+
+
+# --- index rebuild ----------------------------------------------------------------------------
+
+def index_rebuild(args: argparse.Namespace) -> int:
+    """Re-read the L2 index and delete markers whose entry is gone."""
+    from . import console
+
+    with _opened(args) as (cache, where):
+        with console.key_progress() as progress:
+            report = _maintenance(cache, progress).rebuild_index()
+    data = {"entries": report.entries, "markers": report.markers,
+            "dangling_removed": report.dangling_removed,
+            "dangling_recent_kept": report.dangling_recent_kept}
+    if args.json:
+        _print_json(data)
+    else:
+        console.STDOUT.print(f"L2 index of prefix {cache.prefix!r} in {where}")
+        console.STDOUT.print(console.key_value_table("Index", data))
+    return 0
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str) -> Tuple[Any, str]:
+    """The demo's database: a temporary SQLite file, or ``url`` (its password never shown)."""
+    import peewee
+    from playhouse.db_url import parse
+
+    from .database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
+
+    if url is None:
+        path = os.path.join(tmp, "demo.db")
+        return CachedSqliteDatabase(path, cache=cache, pragmas={"foreign_keys": 1}), \
+            f"SQLite {path} (temporary)"
+    classes = {"sqlite": CachedSqliteDatabase, "postgres": CachedPostgresqlDatabase,
+               "postgresql": CachedPostgresqlDatabase, "mysql": CachedMySQLDatabase}
+    drivers = {CachedPostgresqlDatabase: ("psycopg2", "postgres"),
+               CachedMySQLDatabase: ("pymysql", "mysql")}
+    scheme = urlsplit(url).scheme
+    if scheme not in classes:
+        raise UsageError(f"--database: unsupported scheme {scheme!r} (use postgresql://, "
+                         "mysql:// or sqlite:///)")
+    cls = classes[scheme]
+    if cls in drivers:
+        module, extra = drivers[cls]
+        try:
+            __import__(module)
+        except ImportError:
+            raise UsageError(f"--database {scheme}:// needs {module}: pip install "
+                             f"'peewee_kvcache[{extra}]'") from None
+    params = parse(url, unquote_password=True)
+    database = params.pop("database")
+    shown = f"{scheme}://" + (f"{params['user']}@" if params.get("user") else "") + \
+        str(params.get("host", "")) + (f":{params['port']}" if params.get("port") else "") + \
+        f"/{database}"
+    db = cls(database, cache=cache, **params)
+    try:
+        db.connect()
+    except peewee.DatabaseError as exc:
+        raise Failed(f"cannot connect to {shown}: {_first_line(exc)}") from None
+    return db, shown
+
+
+def demo(args: argparse.Namespace) -> int:
+    """A realistic workload, step by step, on throwaway storage unless told otherwise."""
+    from . import console
+    from .demo import STEP_COUNT, Demo, Step
+
+    screen = console.STDERR if args.json else console.STDOUT
+    with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp:
+        namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)
+        try:
+            namespace.list(_setting(args.prefix, "PEEWEE_KVCACHE_PREFIX", "pkv:"), limit=10)
+        except KVError:
+            namespace.close()
+            raise
+        cache = _open_cache(args, namespace, os.path.join(tmp, "l1"))
+        try:
+            db, shown = _demo_database(args.database, cache, tmp)
+            try:
+                with console.new_progress(screen) as progress:
+                    task = progress.add_task("demo", total=STEP_COUNT, count="")
+
+                    def on_step(step: Step) -> None:
+                        number = len(workload.steps)
+                        if not args.json:
+                            progress.console.print(console.step_view(step, number, STEP_COUNT))
+                        progress.update(task, completed=number, description=step.title,
+                                        count=f"{number}/{STEP_COUNT}")
+
+                    workload = Demo(db, on_step)
+                    report = workload.run(shown, where)
+            finally:
+                db.close()
+                if hasattr(db, "stop_listener"):
+                    db.stop_listener()
+        finally:
+            cache.close()
+    if args.json:
+        _print_json(report.as_dict())
+        return 0
+    for renderable in console.demo_summary(report):
+        screen.print(renderable)
+    screen.print(f"Database: {shown}. L2: {where}. Finished in {report.seconds:.1f} s. "
+                 "Next: peewee-kvcache --help, and the examples/ directory.")
+    return 0
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+def _cache_options() -> argparse.ArgumentParser:
+    """Options every command that opens the cache shares (defaults from PEEWEE_KVCACHE_*)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("cache configuration")
+    group.add_argument("--kv", choices=KV_KINDS,
+                       help="L2 backend (default: $PEEWEE_KVCACHE_KV, else local); cloudflare "
+                       "reads CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_KV_NAMESPACE_ID, "
+                       "CLOUDFLARE_API_TOKEN and optionally CLOUDFLARE_API_BASE_URL")
+    group.add_argument("--kv-dir", metavar="DIR",
+                       help="local namespace directory (default: $PEEWEE_KVCACHE_KV_DIR, else "
+                       f"{default_directory('kv')})")
+    group.add_argument("--l1-dir", metavar="DIR",
+                       help="L1 directory (default: $PEEWEE_KVCACHE_L1_DIR, else "
+                       f"{default_directory('l1')})")
+    group.add_argument("--prefix", help="L2 key prefix of the cache (default: "
+                       "$PEEWEE_KVCACHE_PREFIX, else pkv:)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log the cache's warnings and KV requests to stderr")
+    return common
+
+
+def _command(commands: Any, name: str, func: Callable[[argparse.Namespace], int], summary: str,
+             description: str, example: str, parents: Sequence[argparse.ArgumentParser] = ()
+             ) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=summary, description=textwrap.fill(description, 79),
+                                 epilog="example:\n  " + example, parents=list(parents),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="peewee-kvcache", description="Tools for the peewee_kvcache query cache.")
+        prog="peewee-kvcache", description=textwrap.fill(
+            "Try, inspect and operate the peewee_kvcache query cache. Exit codes: 0 ok, 1 the "
+            "operation failed, 2 usage or configuration error.", 79),
+        epilog="examples:\n  peewee-kvcache demo\n  peewee-kvcache stats --json\n"
+        "  peewee-kvcache invalidate --table author",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_cache_options()]
 
-    serve = commands.add_parser(
-        "serve-kv", help="serve a Cloudflare-compatible Workers KV REST API on loopback",
-        description="Serve the Workers KV REST API from a local directory, for tests and "
-        "development. The token comes from --token or $PEEWEE_KVCACHE_SERVER_TOKEN "
-        f"(default {DEFAULT_TOKEN!r}); it is never printed.")
+    demo_parser = _command(
+        commands, "demo", demo, "run a realistic workload and show what the cache does",
+        "Build a small database (authors, books, reviews) and run reads, repeated reads, a "
+        "write, a rolled-back transaction and reads after L1 was emptied, printing for every "
+        "read whether L1 and L2 hit or missed, what was invalidated, measured timings and the "
+        "final stats. Uses a temporary SQLite file and a temporary local KV namespace unless "
+        "--database, --kv or the directories say otherwise; its tables (pkv_demo_*) are "
+        "dropped at the end.",
+        "peewee-kvcache demo --database postgresql://postgres@127.0.0.1:5432/test", common)
+    demo_parser.add_argument("--database", metavar="URL",
+                             help="postgresql://user@host:port/db, mysql://... or "
+                             "sqlite:///path (default: a temporary SQLite file)")
+
+    _command(commands, "stats", stats, "count the cache's keys in L2 and L1",
+             "List every L2 key of the prefix (page by page, with a progress bar) and report "
+             "results, markers and keys per table and per tag, plus this host's L1 entries, "
+             "size and queued invalidation sweeps. Hit and miss counters belong to each "
+             "application process and are not shown here.",
+             "peewee-kvcache stats --kv cloudflare --json", common)
+
+    inv = _command(
+        commands, "invalidate", invalidate, "drop every cached result of some tables or tags",
+        "Do what a write through the cache does for the given tables and tags: renew their L1 "
+        "tokens (this host's processes sharing the L1 directory stop serving them at once) and "
+        "delete their L2 keys (every host). Use it after writes the cache cannot see: another "
+        "application, psql, triggers.",
+        "peewee-kvcache invalidate --table author --table book --tag homepage", common)
+    inv.add_argument("--table", action="append", default=[], metavar="T",
+                     help="a table name (repeatable)")
+    inv.add_argument("--tag", action="append", default=[], metavar="G",
+                     help="a tag given to with_cache(tag=...) (repeatable)")
+
+    clr = _command(
+        commands, "clear", clear, "delete every key of the prefix and empty L1",
+        "List every L2 key of the prefix, ask for confirmation (answer y or yes on stdin), "
+        "then empty the L1 directory and delete the keys, with a progress bar. Other prefixes "
+        "in the namespace stay. Declining exits 1 and deletes nothing.",
+        "peewee-kvcache clear --prefix pkv:staging: --yes", common)
+    clr.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    index_parser = commands.add_parser(
+        "index", help="maintain the L2 index (index rebuild)",
+        description=textwrap.fill(
+            "Maintain the L2 index: the keys under each table's and tag's prefix that an "
+            "invalidation lists and deletes. The only subcommand, rebuild, re-reads it and "
+            "removes markers whose entry is gone.", 79),
+        epilog="example:\n  peewee-kvcache index rebuild --kv cloudflare",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    index_commands = index_parser.add_subparsers(dest="index_command", required=True,
+                                                 metavar="COMMAND")
+    _command(index_commands, "rebuild", index_rebuild, "re-read the index, drop dangling markers",
+             "Re-read the prefix's whole L2 index from KV (paginated, with a progress bar) and "
+             "delete dangling markers: markers whose entry key no longer exists. Markers "
+             "younger than KV's propagation delay plus the cache's write delay are kept, as "
+             "their entry may not be listed yet. Reports entries, markers and markers removed.",
+             "peewee-kvcache index rebuild --json", common)
+
+    serve = _command(
+        commands, "serve-kv", serve_kv,
+        "serve a Cloudflare-compatible Workers KV REST API on loopback",
+        "Serve the Workers KV REST API from a local directory, for tests and development, on "
+        "127.0.0.1 only. The token comes from --token or $PEEWEE_KVCACHE_SERVER_TOKEN "
+        f"(default {DEFAULT_TOKEN!r}); it is never printed. Point a client at it with "
+        "CLOUDFLARE_API_BASE_URL=http://127.0.0.1:PORT/client/v4.",
+        "peewee-kvcache serve-kv --port 8787 --data ./kv-data")
     serve.add_argument("--host", default="127.0.0.1",
                        help="loopback address (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8787,
@@ -81,10 +476,49 @@ def build_parser() -> argparse.ArgumentParser:
                        help="namespace id in the API path (default: %(default)s)")
     serve.add_argument("--rate-limit", type=_rate_limit, metavar="N/S",
                        help="refuse with 429 past N requests per S seconds, like Cloudflare")
-    serve.set_defaults(func=serve_kv)
     return parser
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Quiet by default: the cache logs every degraded call, and urllib3 every retry, which
+    would bury the one-line error a failed command prints."""
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.getLogger("peewee_kvcache").setLevel(logging.DEBUG)
+    elif not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    verbose = getattr(args, "verbose", False)
+    _setup_logging(verbose)
+    name = " ".join(filter(None, [args.command, getattr(args, "index_command", None)]))
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"peewee-kvcache {name}: {exc}", file=sys.stderr)
+        return 2
+    except KVError as exc:
+        print(f"peewee-kvcache {name}: KV error: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    except Failed as exc:
+        print(f"peewee-kvcache {name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"peewee-kvcache {name}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # stdout closed early (| head): exit without a second error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # a command line prints one line, not a traceback (-v: both)
+        if verbose:
+            raise
+        print(f"peewee-kvcache {name}: {type(exc).__name__}: {_first_line(exc)} (-v for the "
+              "traceback)", file=sys.stderr)
+        return 1

@@ -46,6 +46,9 @@ class Unavailable:
     def __len__(self) -> int:
         raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
 
+    def close(self) -> None:
+        """Nothing was opened."""
+
 
 @dataclass(frozen=True)
 class L1Entry:
@@ -73,6 +76,7 @@ class L1Store:
         self.meta = diskcache.Cache(os.path.join(directory, "tokens"), eviction_policy="none",
                                     timeout=timeout)
         self._init_counter()
+        self._snapshot: Tuple[Optional[int], Dict[str, int]] = (None, {})
         self.meta.add("l1_id", uuid.uuid4().hex)
         #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
         self.l1_id: str = self.meta.get("l1_id")
@@ -126,9 +130,27 @@ class L1Store:
         return tuple(int(v) for v in values)  # type: ignore[arg-type]
 
     def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
-        """True while no name in the stamp has been bumped."""
-        get = self.meta.get
-        return all(get("v:" + name) == token for name, token in zip(names, tokens))
+        """True while no name in the stamp has been bumped.
+
+        The hit path reads one key (the counter), not one per name: every bump raises the
+        counter in the same transaction that sets the tokens, so tokens read after seeing the
+        counter at S are still current while it reads S. They are kept per S in this process.
+        """
+        seq = self.meta.get(_SEQ)
+        snapshot = self._snapshot
+        if snapshot[0] != seq:
+            snapshot = self._snapshot = (seq, {})
+        known = snapshot[1]
+        for name, token in zip(names, tokens):
+            current = known.get(name)
+            if current is None:
+                current = self.meta.get("v:" + name)
+                if current is None:
+                    return False
+                known[name] = current
+            if current != token:
+                return False
+        return True
 
     def mark_pending(self, names: Iterable[str], marker: str) -> None:
         """Flag names whose L2 invalidation is under way: L2 must not be read for them until the

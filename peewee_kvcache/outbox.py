@@ -32,6 +32,8 @@ class Job:
     sweep: int = 1
     attempts: int = 0
     before_ms: Optional[int] = None
+    #: False for a job that could not be recorded in the outbox (no usable L1): memory only
+    durable: bool = True
 
 
 def _key(due_ms: int, job_id: str) -> str:
