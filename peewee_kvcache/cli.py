@@ -21,17 +21,29 @@ from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+import peewee
+from playhouse.db_url import parse
+
+from . import console
 from .cache import CloudflareKVCache, default_directory
+from .database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
+from .demo import STEP_COUNT, Demo, Step
 from .kv.base import KVError, KVNamespace
 from .kv.cloudflare import CloudflareKVNamespace
 from .kv.local import LocalKVNamespace
 from .l1 import Unavailable
+from .maintenance import Maintenance
 from .names import table_names_of
 
 DEFAULT_TOKEN = "local-dev-token"
 KV_KINDS = ("local", "cloudflare")
 #: counters that say an L2 call of this process did not go through
 L2_FAILURES = ("l2_errors", "l2_circuit_open", "l2_budget_skipped")
+DATABASES = {"sqlite": CachedSqliteDatabase, "postgres": CachedPostgresqlDatabase,
+             "postgresql": CachedPostgresqlDatabase, "mysql": CachedMySQLDatabase}
+#: the driver a --database scheme needs, and the extra that installs it
+DRIVERS = {"postgres": ("psycopg2", "postgres"), "postgresql": ("psycopg2", "postgres"),
+           "mysql": ("pymysql", "mysql")}
 
 
 class UsageError(Exception):
@@ -122,7 +134,7 @@ def _open_cache(args: argparse.Namespace, namespace: KVNamespace,
         namespace.close()
         raise UsageError(str(exc)) from None
     if isinstance(cache.l1, Unavailable):
-        cache.close()
+        namespace.close()  # the cache's close() would fail on the missing L1
         raise Failed(f"cannot open the L1 directory {cache.l1.directory} (-v shows why)")
     return cache
 
@@ -142,20 +154,13 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _maintenance(cache: CloudflareKVCache, progress: Callable[..., None]) -> Any:
-    from .maintenance import Maintenance
-    return Maintenance.for_cache(cache, progress)
-
-
 # --- stats ------------------------------------------------------------------------------------
 
 def stats(args: argparse.Namespace) -> int:
     """Key counts from L2 (right across hosts) and this host's L1 size and pending sweeps."""
-    from . import console
-
     with _opened(args) as (cache, where):
         with console.key_progress() as progress:
-            counts = _maintenance(cache, progress).count()
+            counts = Maintenance.for_cache(cache, progress).count()
         l1 = cache.l1.stats()
         data: Dict[str, Any] = {"kv": where, "prefix": cache.prefix,
                                 "l1_directory": cache.l1.directory,
@@ -224,11 +229,9 @@ def _confirm(question: str) -> bool:
 
 def clear(args: argparse.Namespace) -> int:
     """Empty L1 and every L2 key of the prefix, after listing them (and asking)."""
-    from . import console
-
     with _opened(args) as (cache, where):
         with console.key_progress() as progress:
-            maintenance = _maintenance(cache, progress)
+            maintenance = Maintenance.for_cache(cache, progress)
             keys = maintenance.scan()
         if not args.yes and not _confirm(
                 f"Delete {len(keys):,} L2 keys under prefix {cache.prefix!r} in {where} and "
@@ -250,11 +253,9 @@ def clear(args: argparse.Namespace) -> int:
 
 def index_rebuild(args: argparse.Namespace) -> int:
     """Re-read the L2 index and delete markers whose entry is gone."""
-    from . import console
-
     with _opened(args) as (cache, where):
         with console.key_progress() as progress:
-            report = _maintenance(cache, progress).rebuild_index()
+            report = Maintenance.for_cache(cache, progress).rebuild_index()
     data = {"entries": report.entries, "markers": report.markers,
             "dangling_removed": report.dangling_removed,
             "dangling_recent_kept": report.dangling_recent_kept}
@@ -268,39 +269,29 @@ def index_rebuild(args: argparse.Namespace) -> int:
 
 # --- demo -------------------------------------------------------------------------------------
 
-def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str) -> Tuple[Any, str]:
-    """The demo's database: a temporary SQLite file, or ``url`` (its password never shown)."""
-    import peewee
-    from playhouse.db_url import parse
-
-    from .database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
-
+def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
+                   ) -> Tuple[peewee.Database, str]:
+    """The demo's database, connected, and how to show it: a temporary SQLite file, or ``url``
+    parsed by ``playhouse.db_url`` (its password never shown)."""
     if url is None:
         path = os.path.join(tmp, "demo.db")
-        return CachedSqliteDatabase(path, cache=cache, pragmas={"foreign_keys": 1}), \
-            f"SQLite {path} (temporary)"
-    classes = {"sqlite": CachedSqliteDatabase, "postgres": CachedPostgresqlDatabase,
-               "postgresql": CachedPostgresqlDatabase, "mysql": CachedMySQLDatabase}
-    drivers = {CachedPostgresqlDatabase: ("psycopg2", "postgres"),
-               CachedMySQLDatabase: ("pymysql", "mysql")}
-    scheme = urlsplit(url).scheme
-    if scheme not in classes:
-        raise UsageError(f"--database: unsupported scheme {scheme!r} (use postgresql://, "
+        return (CachedSqliteDatabase(path, cache=cache, pragmas={"foreign_keys": 1}),
+                f"SQLite {path} (temporary)")
+    parts = urlsplit(url)
+    if parts.scheme not in DATABASES:
+        raise UsageError(f"--database: unsupported scheme {parts.scheme!r} (use postgresql://, "
                          "mysql:// or sqlite:///)")
-    cls = classes[scheme]
-    if cls in drivers:
-        module, extra = drivers[cls]
+    if parts.scheme in DRIVERS:
+        module, extra = DRIVERS[parts.scheme]
         try:
             __import__(module)
         except ImportError:
-            raise UsageError(f"--database {scheme}:// needs {module}: pip install "
+            raise UsageError(f"--database {parts.scheme}:// needs {module}: pip install "
                              f"'peewee_kvcache[{extra}]'") from None
+    user = f"{parts.username}@" if parts.username else ""
+    shown = f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"
     params = parse(url, unquote_password=True)
-    database = params.pop("database")
-    shown = f"{scheme}://" + (f"{params['user']}@" if params.get("user") else "") + \
-        str(params.get("host", "")) + (f":{params['port']}" if params.get("port") else "") + \
-        f"/{database}"
-    db = cls(database, cache=cache, **params)
+    db = DATABASES[parts.scheme](params.pop("database"), cache=cache, **params)
     try:
         db.connect()
     except peewee.DatabaseError as exc:
@@ -311,8 +302,6 @@ def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str) -> Tu
 def demo(args: argparse.Namespace) -> int:
     """A realistic workload, step by step, on throwaway storage unless told otherwise."""
     from . import console
-    from .demo import STEP_COUNT, Demo, Step
-
     screen = console.STDERR if args.json else console.STDOUT
     with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp:
         namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)
@@ -328,15 +317,13 @@ def demo(args: argparse.Namespace) -> int:
                 with console.new_progress(screen) as progress:
                     task = progress.add_task("demo", total=STEP_COUNT, count="")
 
-                    def on_step(step: Step) -> None:
-                        number = len(workload.steps)
+                    def on_step(step: Step, number: int) -> None:
                         if not args.json:
                             progress.console.print(console.step_view(step, number, STEP_COUNT))
                         progress.update(task, completed=number, description=step.title,
                                         count=f"{number}/{STEP_COUNT}")
 
-                    workload = Demo(db, on_step)
-                    report = workload.run(shown, where)
+                    report = Demo(db, on_step).run(shown, where)
             finally:
                 db.close()
                 if hasattr(db, "stop_listener"):
@@ -348,8 +335,8 @@ def demo(args: argparse.Namespace) -> int:
         return 0
     for renderable in console.demo_summary(report):
         screen.print(renderable)
-    screen.print(f"Database: {shown}. L2: {where}. Finished in {report.seconds:.1f} s. "
-                 "Next: peewee-kvcache --help, and the examples/ directory.")
+    screen.print(f"Finished in {report.seconds:.1f} s. Next: peewee-kvcache --help and the "
+                 f"examples/ directory. Database: {shown}; L2: {where}")
     return 0
 
 

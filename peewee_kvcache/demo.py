@@ -120,9 +120,11 @@ class _Rollback(Exception):
 
 
 class Demo:
-    """Runs the workload on ``db`` (a Cached*Database); ``on_step`` sees each finished step."""
+    """Runs the workload on ``db`` (a Cached*Database); ``on_step(step, number)`` sees each
+    finished step (numbered from 1)."""
 
-    def __init__(self, db: peewee.Database, on_step: Callable[[Step], None] = lambda step: None,
+    def __init__(self, db: peewee.Database,
+                 on_step: Callable[[Step, int], None] = lambda step, number: None,
                  rounds: int = ROUNDS) -> None:
         self.db = db
         self.cache: CloudflareKVCache = db.cache  # type: ignore[attr-defined]
@@ -151,7 +153,7 @@ class Demo:
         after = self._counters()
         step = Step(title, note, runs, {k: after[k] - before[k] for k in SHOWN})
         self.steps.append(step)
-        self.on_step(step)
+        self.on_step(step, len(self.steps))
         return step
 
     def seed(self) -> None:

@@ -45,7 +45,7 @@ class Listener:
     """A daemon thread holding one LISTEN connection; reconnects with backoff after failures."""
 
     def __init__(self, connect: Callable[[], Any], channel: str, origin: str,
-                 on_names: Callable[[List[str]], None], poll_s: float = 1.0):
+                 on_names: Callable[[List[str]], None], poll_s: float = 0.25):
         self._connect = connect
         self._channel = channel
         self._origin = origin
