@@ -1,4 +1,5 @@
-"""LocalKVNamespace behaves like Cloudflare Workers KV, limits and error codes included."""
+"""LocalKVNamespace specifics: time-based expiry, persistence, process safety; the behaviour it
+shares with the REST client is the contract suite in test_kv_cloudflare.py."""
 from __future__ import annotations
 
 import multiprocessing
@@ -35,25 +36,8 @@ def raises_kv(code: int, status: int) -> Iterator[pytest.ExceptionInfo]:
 
 # --- basic operations -------------------------------------------------------------------------
 
-def test_put_get_delete(ns):
-    assert ns.get("k") is None
-    ns.put("k", b"\x00\xffvalue")
-    assert ns.get("k") == b"\x00\xffvalue"
-    ns.put("k", bytearray(b"second"))
-    assert ns.get("k") == b"second"
-    ns.delete("k")
-    assert ns.get("k") is None
-    ns.delete("k")  # missing key is fine
 
 
-def test_metadata_round_trip_and_replacement(ns):
-    meta = {"tables": ["a", "b"], "n": 3, "ünï": None}
-    ns.put("k", b"v", metadata=meta)
-    found = ns.get_with_metadata("k")
-    assert (found.value, found.metadata, found.expiration) == (b"v", meta, None)
-    ns.put("k", b"w")  # a put replaces value, expiry and metadata together
-    assert ns.get_with_metadata("k").metadata is None
-    assert ns.get_with_metadata("missing") is None
 
 
 def test_repr_and_directory_created(tmp_path):
@@ -243,13 +227,6 @@ def test_list_limit_and_cursor_validation(ns):
 
 # --- bulk ---------------------------------------------------------------------------------------
 
-def test_bulk_put_get_delete(ns):
-    assert ns.bulk_put([KVPair("a", b"1"), KVPair("b", b"2", metadata={"m": 1}),
-                        KVPair("c", b"3", expiration_ttl=3600)]) == []
-    assert ns.bulk_get(["a", "b", "missing", "a"]) == {"a": b"1", "b": b"2", "missing": None}
-    assert ns.get_with_metadata("b").metadata == {"m": 1}
-    assert ns.bulk_delete(["a", "c", "missing"]) == []
-    assert ns.bulk_get(["a", "b", "c"]) == {"a": None, "b": b"2", "c": None}
 
 
 def test_bulk_get_beyond_one_request(ns):
