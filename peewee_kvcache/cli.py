@@ -134,7 +134,7 @@ def _open_cache(args: argparse.Namespace, namespace: KVNamespace,
         namespace.close()
         raise UsageError(str(exc)) from None
     if isinstance(cache.l1, Unavailable):
-        namespace.close()  # the cache's close() would fail on the missing L1
+        cache.close()
         raise Failed(f"cannot open the L1 directory {cache.l1.directory} (-v shows why)")
     return cache
 
@@ -241,7 +241,7 @@ def clear(args: argparse.Namespace) -> int:
         cache.l1.clear()
         with console.key_progress() as progress:
             maintenance.progress = progress
-            deleted = maintenance.clear(keys)
+            deleted = maintenance.delete([info.name for info in keys])
     if args.json:
         _print_json({"deleted_keys": deleted, "l1_cleared": True})
     else:
@@ -301,7 +301,6 @@ def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
 
 def demo(args: argparse.Namespace) -> int:
     """A realistic workload, step by step, on throwaway storage unless told otherwise."""
-    from . import console
     screen = console.STDERR if args.json else console.STDOUT
     with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp:
         namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)

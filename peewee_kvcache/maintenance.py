@@ -93,9 +93,9 @@ class Maintenance:
                 cursor = page.cursor
         return keys
 
-    def count(self, keys: Optional[Sequence[KeyInfo]] = None) -> KeyCounts:
+    def count(self) -> KeyCounts:
         """Entries, index keys and markers of the prefix, and keys per table and per tag."""
-        keys = self.scan() if keys is None else keys
+        keys = self.scan()
         table_prefix, tag_prefix = self.prefix + index.TABLE, self.prefix + index.TAG
         by_table: Counter = Counter()
         by_tag: Counter = Counter()
@@ -123,11 +123,6 @@ class Maintenance:
             done += len(chunk)
             self.progress("deleting keys", done, len(keys))
         return done
-
-    def clear(self, keys: Optional[Sequence[KeyInfo]] = None) -> int:
-        """Delete every key of the prefix (or the ``keys`` of an earlier scan); returns the count."""
-        keys = self.scan() if keys is None else keys
-        return self.delete([info.name for info in keys])
 
     def rebuild_index(self) -> RebuildReport:
         """Re-read the prefix's whole index from KV and delete the dangling markers: markers

@@ -1,0 +1,414 @@
+"""The ``peewee-kvcache`` command line, always through its real entry point in a subprocess
+(``python -m peewee_kvcache``), against caches populated beforehand with the library itself."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import peewee
+import pytest
+
+from peewee_kvcache import (CachedSqliteDatabase, CloudflareKVCache, CloudflareKVNamespace,
+                            LocalKVNamespace)
+from peewee_kvcache.kv.base import KVNamespace, KVPair
+from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.maintenance import Maintenance
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "cli-test-token-4Kq"
+CF_ENV = {"CLOUDFLARE_ACCOUNT_ID": "acc", "CLOUDFLARE_KV_NAMESPACE_ID": "ns",
+          "CLOUDFLARE_API_TOKEN": TOKEN}
+
+
+def run_cli(*args: str, env: Optional[Dict[str, str]] = None, stdin: str = "",
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the command line with a clean cache configuration (no inherited CLOUDFLARE_* or
+    PEEWEE_KVCACHE_* variables) plus ``env``."""
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("CLOUDFLARE_", "PEEWEE_KVCACHE_"))}
+    clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "peewee_kvcache", *args],
+                          env={**clean, **(env or {})}, input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_json(*args: str, env: Optional[Dict[str, str]] = None) -> dict:
+    result = run_cli(*args, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+class Author(peewee.Model):
+    name = peewee.CharField()
+
+    class Meta:
+        database = None
+        table_name = "author"
+
+
+class Book(peewee.Model):
+    author = peewee.ForeignKeyField(Author)
+    title = peewee.CharField()
+
+    class Meta:
+        database = None
+        table_name = "book"
+
+
+@pytest.fixture
+def env(tmp_path) -> Dict[str, str]:
+    """The cache's directories, given to the command line the way an operator would."""
+    return {"PEEWEE_KVCACHE_KV_DIR": str(tmp_path / "kv"),
+            "PEEWEE_KVCACHE_L1_DIR": str(tmp_path / "l1")}
+
+
+def open_cache(env: Dict[str, str], namespace: Optional[KVNamespace] = None,
+               prefix: str = "pkv:") -> CloudflareKVCache:
+    return CloudflareKVCache(namespace or LocalKVNamespace(env["PEEWEE_KVCACHE_KV_DIR"]),
+                             l1_directory=env["PEEWEE_KVCACHE_L1_DIR"], prefix=prefix)
+
+
+def populate(tmp_path: Path, cache: CloudflareKVCache) -> Dict[str, int]:
+    """Cache 3 author queries, a tagged join and a doubly tagged book query; the cache's own
+    ``get_stats()`` afterwards (before it is closed)."""
+    db = CachedSqliteDatabase(str(tmp_path / f"app-{cache.prefix.strip(':')}.db"), cache=cache)
+    db.bind([Author, Book])
+    db.create_tables([Author, Book])
+    Book.create(author=Author.create(name="ada"), title="notes")
+    for i in range(3):
+        list(Author.select().where(Author.id > i).with_cache(ex=300))
+    list(Author.select().join(Book).with_cache(ex=300, tag="home"))
+    list(Book.select().with_cache(ex=300, tag=["home", "extra"]))
+    cache.drain()
+    stats = cache.get_stats().as_dict()
+    db.close()
+    return stats
+
+
+def author_and_book_hits(env: Dict[str, str], tmp_path: Path) -> Dict[str, int]:
+    """Re-run one author and one book query of ``populate`` with a fresh cache object on the same
+    directories: which were still cached (L1 or L2) and which went to the database."""
+    cache = open_cache(env)
+    try:
+        db = CachedSqliteDatabase(str(tmp_path / "app-pkv.db"), cache=cache)
+        db.bind([Author, Book])
+        list(Author.select().where(Author.id > 0).with_cache(ex=300))
+        author = cache.counters.snapshot()
+        list(Book.select().with_cache(ex=300, tag=["home", "extra"]))
+        book = cache.counters.snapshot()
+        db.close()
+        return {"author_hits": author["hits"], "book_hits": book["hits"] - author["hits"]}
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def populated(tmp_path, env) -> Dict[str, int]:
+    cache = open_cache(env)
+    try:
+        return populate(tmp_path, cache)
+    finally:
+        cache.close()
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- help ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["stats"], ["invalidate"], ["clear"],
+                                     ["index"], ["index", "rebuild"], ["serve-kv"]])
+def test_help_has_a_description_and_an_example(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    usage, description = result.stdout.split("\n\n")[:2]
+    assert usage.startswith("usage: peewee-kvcache")
+    assert len(description.split()) >= 12  # a paragraph, not a label
+    assert "\nexample" in result.stdout and "  peewee-kvcache " in result.stdout.split("example")[-1]
+
+
+def test_no_command_is_a_usage_error():
+    assert run_cli().returncode == 2
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+def test_demo_prints_hits_misses_and_timings(env):
+    result = run_cli("demo", env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in ("hit", "miss", "L1", "L2", "database", "invalidations +1", "Time per read",
+                 "rolled back", "get_stats()"):
+        assert text in out, text
+
+
+def test_demo_json_is_consistent(env):
+    started = time.monotonic()
+    report = run_json("demo", env=env)
+    assert time.monotonic() - started < 30
+    totals = report["totals"]
+    assert totals["l1_hits"] >= 1 and totals["l2_hits"] >= 1 and totals["invalidations"] >= 1
+    assert totals["misses"] >= 1 and totals["hits"] == totals["l1_hits"] + totals["l2_hits"]
+    for name, total in totals.items():
+        assert total == sum(step["counters"][name] for step in report["steps"]), name
+        if name in report["final_stats"]:
+            assert report["final_stats"][name] == total, name
+    for step in report["steps"]:  # every read's levels agree with the counters it moved
+        runs, counters = step["runs"], step["counters"]
+        if runs:
+            assert sum(r["l1"] == "hit" for r in runs) == counters["l1_hits"]
+            assert sum(r["l2"] == "hit" for r in runs) == counters["l2_hits"]
+            assert sum(r["served_by"] == "database" for r in runs) == counters["misses"]
+    by_title = {step["title"]: step for step in report["steps"]}
+    assert {r["served_by"] for r in by_title["Same reads again"]["runs"]} == {"L1"}
+    assert by_title["Write: a new review"]["counters"]["invalidations"] == 1
+    after_write = [r["served_by"] for r in by_title["Reads after the write"]["runs"]]
+    assert after_write == ["database", "L1", "L1"]
+    rollback = by_title["Transaction rolled back"]
+    assert rollback["counters"]["invalidations"] == 0
+    assert [r["rows"] for r in rollback["runs"]] == [0, 6, 5]  # inside, inside, after
+    assert rollback["runs"][-1]["served_by"] == "L1"
+    assert [r["served_by"] for r in by_title["L1 emptied (a new host, a restart)"]["runs"]] \
+        == ["L2", "L2", "L1"]
+    for timings in report["timings_ms"].values():
+        assert all(ms > 0 for ms in timings.values())
+    # the demo dropped its tables, which swept its keys from the namespace it was given
+    assert run_json("stats", env=env)["total_keys"] == 0
+
+
+def test_demo_on_postgresql(pg_schema, env):
+    url = (f"postgresql://postgres:secret-pw@127.0.0.1:5432/test?options=-c%20search_path%3D"
+           f"{pg_schema}")
+    result = run_cli("demo", "--json", "--database", url, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["database"] == "postgresql://postgres@127.0.0.1:5432/test"
+    assert "secret-pw" not in result.stdout + result.stderr
+    assert report["totals"]["l2_hits"] >= 1
+    db = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres")
+    assert not [t for t in db.get_tables(schema=pg_schema) if t.startswith("pkv_demo_")]
+    db.close()
+
+
+def test_demo_database_errors(env):
+    line = one_line_error(run_cli("demo", "--database", "oracle://db/x", env=env), 2)
+    assert "unsupported scheme 'oracle'" in line
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    assert "cannot connect to" in one_line_error(run_cli("demo", "--database", closed, env=env), 1)
+
+
+# --- stats --------------------------------------------------------------------------------------
+
+def test_stats_json_matches_the_cache(populated, env):
+    stats = run_json("stats", env=env)
+    for name in ("total_keys", "table_keys", "tag_keys", "l1_entries"):
+        assert stats[name] == populated[name], name
+    assert stats["total_keys"] == 5 and stats["markers"] == 4
+    assert stats["by_table"] == {"author": 4, "book": 2}
+    assert stats["by_tag"] == {"extra": 1, "home": 2}
+    assert stats["prefix"] == "pkv:" and stats["l1_directory"] == env["PEEWEE_KVCACHE_L1_DIR"]
+
+
+def test_stats_human_output(populated, env):
+    result = run_cli("stats", env=env)
+    assert result.returncode == 0, result.stderr
+    for text in ("total_keys", "author", "book", "home", "get_stats()"):
+        assert text in result.stdout
+
+
+def test_flags_override_the_environment(tmp_path, env):
+    cache = open_cache(env, prefix="app1:")
+    try:
+        populated = populate(tmp_path, cache)
+    finally:
+        cache.close()
+    flags = ["--kv", "local", "--kv-dir", env["PEEWEE_KVCACHE_KV_DIR"],
+             "--l1-dir", env["PEEWEE_KVCACHE_L1_DIR"]]
+    elsewhere = {"PEEWEE_KVCACHE_KV": "cloudflare", "PEEWEE_KVCACHE_KV_DIR": str(tmp_path / "x"),
+                 "PEEWEE_KVCACHE_L1_DIR": str(tmp_path / "y"), "PEEWEE_KVCACHE_PREFIX": "zz:"}
+    stats = run_json("stats", *flags, "--prefix", "app1:", env=elsewhere)
+    assert stats["total_keys"] == populated["total_keys"] == 5
+    assert run_json("stats", *flags, env=elsewhere)["total_keys"] == 0  # prefix zz:
+    assert run_json("stats", env={**env, "PEEWEE_KVCACHE_PREFIX": "app1:"})["total_keys"] == 5
+
+
+def test_configuration_errors_exit_2(tmp_path, env, populated):
+    line = one_line_error(run_cli("stats", env={**env, "PEEWEE_KVCACHE_KV_DIR":
+                                                str(tmp_path / "typo")}), 2)
+    assert "no local KV namespace at" in line and "typo" in line
+    assert "PEEWEE_KVCACHE_KV" in one_line_error(
+        run_cli("stats", env={**env, "PEEWEE_KVCACHE_KV": "redis"}), 2)
+    assert "prefix" in one_line_error(run_cli("stats", "--prefix", "p" * 65, env=env), 2)
+    assert run_cli("stats", "--kv", "redis", env=env).returncode == 2
+
+
+# --- invalidate ---------------------------------------------------------------------------------
+
+def test_invalidate_table_removes_its_entries(populated, env, tmp_path):
+    assert author_and_book_hits(env, tmp_path) == {"author_hits": 1, "book_hits": 1}
+    report = run_json("invalidate", "--table", "Author", env=env)
+    assert report == {"tables": ["author"], "tags": [], "l2_swept": True}
+    cache = open_cache(env)
+    try:
+        keys = cache.l2_entry_keys()
+    finally:
+        cache.close()
+    assert keys and not [k for k in keys if k.startswith("pkv:t:author:")]
+    stats = run_json("stats", env=env)
+    assert "author" not in stats["by_table"] and stats["total_keys"] == 1  # the book query's
+    assert author_and_book_hits(env, tmp_path) == {"author_hits": 0, "book_hits": 1}
+
+
+def test_invalidate_tag_and_human_output(populated, env):
+    result = run_cli("invalidate", "--tag", "extra", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "tag extra" in result.stdout
+    assert run_json("stats", env=env)["total_keys"] == populated["total_keys"] - 1
+
+
+def test_invalidate_needs_a_table_or_a_tag(env, populated):
+    assert "--table or --tag" in one_line_error(run_cli("invalidate", env=env), 2)
+    assert "tag" in one_line_error(run_cli("invalidate", "--tag", " ", env=env), 2)
+
+
+# --- clear --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer", ["n\n", "", "nope\n"])
+def test_clear_declined_keeps_everything(populated, env, answer):
+    result = run_cli("clear", env=env, stdin=answer)
+    assert result.returncode == 1
+    assert "[y/N]" in result.stderr and "nothing was deleted" in result.stderr
+    assert "9 L2 keys" in result.stderr  # 5 results and 4 markers
+    stats = run_json("stats", env=env)
+    assert (stats["total_keys"], stats["l1_entries"]) == (5, populated["l1_entries"])
+
+
+def test_clear_yes_empties_only_its_prefix(tmp_path, env):
+    for prefix in ("pkv:", "other:"):
+        cache = open_cache(env, prefix=prefix)
+        try:
+            populate(tmp_path, cache)
+        finally:
+            cache.close()
+    assert run_json("clear", "--yes", env=env) == {"deleted_keys": 9, "l1_cleared": True}
+    stats = run_json("stats", env=env)
+    assert (stats["total_keys"], stats["markers"], stats["l1_entries"]) == (0, 0, 0)
+    assert run_json("stats", "--prefix", "other:", env=env)["total_keys"] == 5
+
+
+def test_clear_confirmed_on_stdin(populated, env):
+    result = run_cli("clear", env=env, stdin="YES\n")
+    assert result.returncode == 0, result.stderr
+    assert "Deleted 9 L2 keys" in result.stdout
+    assert run_json("stats", env=env)["total_keys"] == 0
+
+
+# --- index rebuild ------------------------------------------------------------------------------
+
+def test_index_rebuild_removes_planted_dangling_markers(populated, env):
+    namespace = LocalKVNamespace(env["PEEWEE_KVCACHE_KV_DIR"])
+    now_ms = int(time.time() * 1000)
+    old = now_ms - 3_600_000
+    planted = {"pkv:t:book:" + "a" * 40: {"e": "pkv:t:author:" + "f" * 40, "c": old},
+               "pkv:g:home:" + "b" * 40: {"e": "pkv:t:author:" + "e" * 40, "c": old},
+               "pkv:g:home:" + "c" * 40: {"e": "elsewhere:t:x:" + "d" * 40}}  # unknown age
+    recent = {"pkv:g:extra:" + "d" * 40: {"e": "pkv:t:book:" + "9" * 40, "c": now_ms}}
+    for key, metadata in {**planted, **recent}.items():
+        namespace.put(key, b"1", expiration_ttl=3600, metadata=metadata)
+    before = {info.name for info in namespace.list_all("pkv:")}
+    report = run_json("index", "rebuild", env=env)
+    assert report == {"entries": 5, "markers": 8, "dangling_removed": 3,
+                      "dangling_recent_kept": 1}
+    after = {info.name for info in namespace.list_all("pkv:")}
+    assert after == before - set(planted)
+    again = run_json("index", "rebuild", env=env)
+    assert (again["dangling_removed"], again["markers"]) == (0, 5)
+    human = run_cli("index", "rebuild", env=env)
+    assert human.returncode == 0 and "dangling_removed" in human.stdout
+    namespace.close()
+
+
+def test_index_rebuild_and_clear_page_through_thousands_of_keys(populated, env):
+    namespace = LocalKVNamespace(env["PEEWEE_KVCACHE_KV_DIR"])
+    old = int(time.time() * 1000) - 3_600_000
+    namespace.bulk_put([KVPair(f"pkv:t:ghost:{i:040x}", b"1", expiration_ttl=3600,
+                               metadata={"e": f"pkv:t:gone:{i:040x}", "c": old})
+                        for i in range(2_100)])
+    pages = []
+    counts = Maintenance(namespace, "pkv:", progress=lambda *call: pages.append(call)).count()
+    assert counts.markers == 2_104 and counts.by_table["ghost"] == 2_100
+    assert [done for _, done, _ in pages] == [0, 1000, 2000, 2106, 2109]  # per page, e: t: g:
+    assert run_json("index", "rebuild", env=env)["dangling_removed"] == 2_100
+    assert run_json("stats", env=env)["markers"] == 4
+    namespace.bulk_put([KVPair(f"pkv:e:{i:040x}", b"x", expiration_ttl=3600)
+                        for i in range(1_500)])
+    assert run_json("clear", "--yes", env=env)["deleted_keys"] == 1_509
+    assert not list(namespace.list_all("pkv:"))
+    namespace.close()
+
+
+# --- Cloudflare ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("present", [[], ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_KV_NAMESPACE_ID"]])
+def test_cloudflare_without_credentials_exits_2(env, present):
+    line = one_line_error(run_cli("stats", "--kv", "cloudflare",
+                                  env={**env, **{k: CF_ENV[k] for k in present}}), 2)
+    assert "CLOUDFLARE_API_TOKEN" in line
+    for variable in CF_ENV:
+        assert (variable in line) == (variable not in present)
+
+
+@pytest.fixture
+def kv_server(tmp_path) -> Iterator[KVServer]:
+    with KVServer(tmp_path / "server", api_token=TOKEN, account_id="acc",
+                  namespace_id="ns") as server:
+        yield server
+
+
+def test_cloudflare_against_a_kv_server(kv_server, tmp_path, env):
+    namespace = CloudflareKVNamespace("acc", "ns", TOKEN, base_url=kv_server.base_url)
+    cache = open_cache(env, namespace=namespace)
+    try:
+        populated = populate(tmp_path, cache)
+    finally:
+        cache.close()
+    cf = {**CF_ENV, "CLOUDFLARE_API_BASE_URL": kv_server.base_url,
+          "PEEWEE_KVCACHE_KV": "cloudflare", "PEEWEE_KVCACHE_L1_DIR": env["PEEWEE_KVCACHE_L1_DIR"]}
+    result = run_cli("stats", "--json", env=cf)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)
+    for name in ("total_keys", "table_keys", "tag_keys"):
+        assert stats[name] == populated[name], name
+    assert "Cloudflare KV namespace ns" in stats["kv"]
+    swept = run_cli("invalidate", "--table", "book", env=cf)
+    assert swept.returncode == 0, swept.stderr
+    assert run_json("stats", env=cf)["by_table"] == {"author": 3}
+    for output in (result.stdout, result.stderr, swept.stdout, swept.stderr):
+        assert TOKEN not in output
+
+
+@pytest.mark.parametrize("command", [["stats"], ["invalidate", "--table", "author"],
+                                     ["clear", "--yes"], ["index", "rebuild"],
+                                     ["demo"]])
+def test_kv_unreachable_is_one_line_and_exit_1(env, command):
+    cf = {**CF_ENV, **env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{free_port()}/client/v4"}
+    line = one_line_error(run_cli(*command, "--kv", "cloudflare", env=cf), 1)
+    assert line.startswith(f"peewee-kvcache {' '.join(command[:1 + (command[0] == 'index')])}:")
+    assert TOKEN not in line

@@ -1,0 +1,121 @@
+"""The examples: the Flask app through Flask's test client against the real PostgreSQL, and every
+example script as a subprocess (SQLite by default, and PostgreSQL in the session's schema)."""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import peewee
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SCRIPTS = {"strategy_all.py": "stock again", "tags.py": "homepage: rebuilt with three",
+           "manual_invalidation.py": "balance: fresh from the database"}
+
+
+def pg_url(schema: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}"
+
+
+def run_example(script: str, tmp_path: Path, database_url: Optional[str] = None,
+                *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CLOUDFLARE_", "PEEWEE_KVCACHE_", "DATABASE_URL"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env["PEEWEE_KVCACHE_KV_DIR"] = str(tmp_path / "kv")
+    env["PEEWEE_KVCACHE_L1_DIR"] = str(tmp_path / "l1")
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_on_sqlite(script, tmp_path):
+    result = run_example(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert SCRIPTS[script] in result.stdout
+    assert "hits +1" in result.stdout and "invalidations +1" in result.stdout
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_on_postgresql(script, tmp_path, pg_schema):
+    result = run_example(script, tmp_path, pg_url(pg_schema))
+    assert result.returncode == 0, result.stderr
+    assert SCRIPTS[script] in result.stdout
+
+
+@pytest.fixture
+def flask_app(pg_schema, make_cache, monkeypatch) -> Iterator[Tuple[Any, Any]]:
+    """The example's module and a test client of its app, inside the session's schema."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    module = importlib.import_module("flask_app")
+    app = module.create_app(pg_url(pg_schema), cache=make_cache())
+    yield module, app.test_client()
+    module.database.drop_tables([module.Author, module.Book])
+    module.database.close()
+    module.database.stop_listener()
+
+
+def stats_of(client: Any) -> Dict[str, Any]:
+    response = client.get("/cache-stats")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def test_flask_cached_endpoint_hits_l1(flask_app):
+    module, client = flask_app
+    before = stats_of(client)
+    first = client.get("/authors")
+    assert first.status_code == 200 and len(first.get_json()) == 2
+    assert client.get("/authors").get_json() == first.get_json()
+    after = stats_of(client)
+    assert after["misses"] - before["misses"] == 1
+    assert after["l1_hits"] - before["l1_hits"] == 1
+    assert module.database.is_closed()  # teardown_request closed the request's connection
+
+
+def test_flask_write_endpoint_invalidates(flask_app):
+    module, client = flask_app
+    author_id = client.get("/authors").get_json()[0]["id"]
+    books = client.get(f"/authors/{author_id}/books").get_json()
+    assert client.get(f"/authors/{author_id}/books").get_json() == books
+    before = stats_of(client)
+    created = client.post(f"/authors/{author_id}/books", json={"title": "New", "year": 2001})
+    assert created.status_code == 201
+    after_write = stats_of(client)
+    assert after_write["invalidations"] - before["invalidations"] == 1
+    fresh = client.get(f"/authors/{author_id}/books").get_json()
+    assert fresh == books + [{"id": created.get_json()["id"], "title": "New", "year": 2001}]
+    client.get("/authors")  # it read flask_author only: the write left it cached
+    after = stats_of(client)
+    assert after["misses"] - after_write["misses"] == 1
+    assert after["l1_hits"] - after_write["l1_hits"] == 1
+    per_author = {row["name"]: row["books"] for row in
+                  client.get("/books/per-author").get_json()}
+    assert sum(per_author.values()) == 4
+
+
+def test_flask_write_endpoint_validates(flask_app):
+    _, client = flask_app
+    assert client.post("/authors/1/books", json={"title": 3}).status_code == 400
+    assert client.post("/authors/999999/books",
+                       json={"title": "x", "year": 1}).status_code == 404
+
+
+def test_flask_walkthrough_script(tmp_path, pg_schema):
+    try:
+        result = run_example("flask_app.py", tmp_path, pg_url(pg_schema), "--walkthrough")
+    finally:  # the app keeps its tables, as an application does; the other tests seed their own
+        db = peewee.PostgresqlDatabase("test", host="127.0.0.1", port=5432, user="postgres",
+                                       options=f"-c search_path={pg_schema}")
+        db.execute_sql("DROP TABLE IF EXISTS flask_book, flask_author")
+        db.close()
+    assert result.returncode == 0, result.stderr
+    assert "POST /authors/" in result.stdout and "-> 201" in result.stdout
+    assert "(L1 1, L2 0)" in result.stdout
