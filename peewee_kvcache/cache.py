@@ -356,11 +356,13 @@ class CloudflareKVCache:
             return False
 
     def _send_puts(self, tasks: List[PutTask]) -> None:
-        """Writer thread: one bulk write; then undo any entry whose tokens moved meanwhile.
+        """Writer thread: one bulk write; then undo any entry whose tokens moved meanwhile, or
+        whose write landed more than ``max_put_delay`` after its query started.
 
         The re-check after the write closes the race with an invalidation that listed markers
         before this write landed: either the invalidation's bump is visible here, or it happened
-        after the write and its sweep sees the markers.
+        after the write and its sweep sees the markers. The time check keeps the promise the
+        re-sweep relies on: no entry computed before a write lands after that write's re-sweep.
         """
         now = now_ms()
         late = [task for task in tasks if now - task.started_ms > self.max_put_delay_ms]
@@ -376,7 +378,9 @@ class CloudflareKVCache:
             return
         if failed:
             self._fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
-        stale = [pair.key for task, task_pairs in live if not task.still_valid()
+        done = now_ms()  # a write that landed too late may have missed the re-sweep: undo it
+        stale = [pair.key for task, task_pairs in live
+                 if done - task.started_ms > self.max_put_delay_ms or not task.still_valid()
                  for pair in task_pairs]
         if stale:
             self._delete_l2(stale)

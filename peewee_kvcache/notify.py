@@ -1,9 +1,10 @@
 """Cross-host L1 eviction over PostgreSQL LISTEN/NOTIFY.
 
 Another host's invalidation deletes L2 entries but cannot reach this host's L1. On PostgreSQL the
-writer therefore also sends ``pg_notify`` *inside* its transaction (delivered exactly when the
-commit is, never for a rollback), and a listener thread in every process bumps the named tokens in
-its own L1. Without it (or when a notification is lost) ``l1_max_age`` still bounds staleness.
+writer therefore also sends ``pg_notify``: inside its transaction (delivered exactly when the
+commit is, never for a rollback), or right after an autocommit write; a listener thread in every
+process bumps the named tokens in its own L1. Without it (or when a notification is lost, e.g. a
+crash between an autocommit write and its NOTIFY) ``l1_max_age`` still bounds staleness.
 """
 from __future__ import annotations
 

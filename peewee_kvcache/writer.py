@@ -41,7 +41,7 @@ class BackgroundWriter:
     """FIFO of L2 work served by one daemon thread, started lazily (and again after a fork)."""
 
     def __init__(self, send_puts: Callable[[List[PutTask]], None], tick: Callable[[], None],
-                 poll_s: float = 1.0, linger_s: float = 0.2, max_batch: int = 1000,
+                 poll_s: float = 0.25, linger_s: float = 0.2, max_batch: int = 1000,
                  exit_timeout: float = 10.0):
         self._linger_s = linger_s
         self._lingering = False
