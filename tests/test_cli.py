@@ -20,6 +20,9 @@ from peewee_kvcache.kv.base import KVNamespace, KVPair
 from peewee_kvcache.kv.server import KVServer
 from peewee_kvcache.maintenance import Maintenance
 
+# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "cli-test-token-4Kq"
 CF_ENV = {"CLOUDFLARE_ACCOUNT_ID": "acc", "CLOUDFLARE_KV_NAMESPACE_ID": "ns",

@@ -12,6 +12,9 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import peewee
 import pytest
 
+# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 SCRIPTS = {"strategy_all.py": "stock again", "tags.py": "homepage: rebuilt with three",

@@ -30,6 +30,9 @@ from peewee_kvcache.outbox import Outbox
 from tests.conftest import open_database
 from tests.fault_worker import MODELS, Item, Other, first_sweeps, namespace
 
+# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READ_TIMEOUT = 0.5  # the query path's KV read timeout (tests.fault_worker.FAST)
 _CACHE_OPTIONS = inspect.signature(CloudflareKVCache).parameters

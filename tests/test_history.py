@@ -38,6 +38,9 @@ from peewee_kvcache.kv.server import KVServer
 from tests.conftest import PG
 from tests.history_worker import MODELS, role, schedule, seed_rows
 
+# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 4
 SECONDS = float(os.environ.get("PKV_HISTORY_SECONDS", "8"))
