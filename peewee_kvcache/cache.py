@@ -30,6 +30,7 @@ from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
 from .l1 import L1Entry, L1Store, Unavailable
+from .memory import MemoryEntry, MemoryLevel
 from .outbox import MAX_BACKOFF_MS, Job, Outbox
 from .index import EVERYTHING
 from .names import stamp_names, table_names_of, tag_digest_part, tag_list
@@ -79,7 +80,8 @@ class CloudflareKVCache:
                  breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
-                 max_put_delay: float = 10.0, clock_skew: float = 0.0):
+                 max_put_delay: float = 10.0, clock_skew: float = 0.0,
+                 memory_entries: int = 1000):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_positive_int("default_ttl", default_ttl)
@@ -116,6 +118,7 @@ class CloudflareKVCache:
                         l1_directory, exc)
             self.l1 = self.outbox = Unavailable(l1_directory, exc)
         self.layout = KeyLayout(prefix)
+        self.memory = MemoryLevel(memory_entries)
         self.counters = Counters()
         self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout, _not_a_kv_fault)
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
@@ -143,23 +146,41 @@ class CloudflareKVCache:
         return result
 
     def _lookup_l1(self, digest: str) -> Optional[CachedResult]:
+        """This process's memory first, then the L1 directory; both checked the same way."""
         try:
-            entry = self.l1.get(digest)
             now = now_ms()
-            if entry is None or entry.expires_at_ms <= now:
+            memo = self.memory.get(digest)
+            if memo is not None:
+                if self._usable(memo.names, memo.tokens, memo.expires_at_ms, memo.checked_at_ms,
+                                now):
+                    self.counters.incr("l1_hits")
+                    return memo.result
+                self.memory.discard(digest)
+            entry = self.l1.get(digest)
+            if entry is None or not self._usable(entry.names, entry.tokens, entry.expires_at_ms,
+                                                 now, now):
                 return None
-            if not self.l1.is_current(entry.names, entry.tokens):
-                return None
-            if self._untrusted and self._untrusted.intersection(entry.names):
-                return None
-            if self.l1_max_age_ms is not None and now - entry.checked_at_ms > self.l1_max_age_ms:
+            if self.l1_max_age_ms is not None and \
+                    now - entry.checked_at_ms > self.l1_max_age_ms:
                 return self._recheck(digest, entry, now)
             result, _ = decode_entry(entry.payload)
+            self._remember(digest, entry, result)
         except Exception:
             self._fault("l1_errors", "L1 read failed")
             return None
         self.counters.incr("l1_hits")
         return result
+
+    def _usable(self, names: Sequence[str], tokens: Sequence[int], expires_at_ms: int,
+                checked_at_ms: int, now: int) -> bool:
+        """Unexpired, no name bumped or distrusted, and checked against L2 recently enough."""
+        return (expires_at_ms > now and self.l1.is_current(names, tokens)
+                and not (self._untrusted and self._untrusted.intersection(names))
+                and (self.l1_max_age_ms is None or now - checked_at_ms <= self.l1_max_age_ms))
+
+    def _remember(self, digest: str, entry: L1Entry, result: CachedResult) -> None:
+        self.memory.put(digest, MemoryEntry(entry.names, entry.tokens, entry.expires_at_ms,
+                                            entry.checked_at_ms, result))
 
     def _recheck(self, digest: str, entry: L1Entry, now: int) -> Optional[CachedResult]:
         """An L1 entry older than ``l1_max_age`` is served only if L2 still holds it: another
@@ -180,6 +201,7 @@ class CloudflareKVCache:
             result = decode_entry(raw)[0]
             entry = L1Entry(entry.names, entry.tokens, entry.expires_at_ms, raw, now)
         self.l1.set(digest, entry, now)
+        self._remember(digest, entry, result)
         self.counters.incr("l2_hits")
         return result
 
@@ -232,7 +254,9 @@ class CloudflareKVCache:
         result, expires_at_ms = decoded
         self.counters.incr("l2_hits")
         try:  # backfill keeps the L2 entry's remaining lifetime
-            self.l1.set(digest, L1Entry(tuple(names), tokens, expires_at_ms, raw, now), now)
+            entry = L1Entry(tuple(names), tokens, expires_at_ms, raw, now)
+            self.l1.set(digest, entry, now)
+            self._remember(digest, entry, result)
         except Exception:
             self._fault("l1_errors", "L1 backfill failed")
         return result
@@ -314,8 +338,9 @@ class CloudflareKVCache:
             self._fault("l1_errors", "preparing a store failed")
             return False
         try:
-            self.l1.set(digest, L1Entry(tuple(names), tuple(tokens), expires_at, payload, now),
-                        now)
+            entry = L1Entry(tuple(names), tuple(tokens), expires_at, payload, now)
+            self.l1.set(digest, entry, now)
+            self._remember(digest, entry, result)
         except Exception:
             self._fault("l1_errors", "L1 write failed")
         self.counters.incr("stores")
@@ -618,9 +643,19 @@ class CloudflareKVCache:
             self._fault("l1_errors", "reading the invalidation outbox failed")
             return -1
 
+    def clear_local(self) -> None:
+        """Forget this host's copies (process memory and the L1 directory), as a new host would
+        start; L2 and the invalidation tokens stay."""
+        self.memory.clear()
+        try:
+            self.l1.entries.clear()
+        except Exception:
+            self._fault("l1_errors", "L1 clear failed")
+
     def clear_all(self) -> None:
         """Empty both levels for this cache's prefix (other prefixes in the namespace stay)."""
         self.drain(30)
+        self.memory.clear()
         try:
             self.l1.clear()
         except Exception:

@@ -196,7 +196,7 @@ class Demo:
 
     def l1_emptied(self) -> List[QueryRun]:
         self.cache.drain()  # queued L2 writes land first
-        self.cache.l1.clear()
+        self.cache.clear_local()
         return [self.read(TOP_AUTHORS), self.read(AUTHORS_IN_FRANCE), self.read(TOP_AUTHORS)]
 
     def time_reads(self) -> List[QueryRun]:
@@ -208,7 +208,7 @@ class Demo:
             l1 = [self.read(name).ms for _ in range(self.rounds)]
             l2 = []
             for _ in range(self.rounds):
-                self.cache.l1.clear()
+                self.cache.clear_local()
                 l2.append(self.read(name).ms)
             result[name] = {"database": round(statistics.median(database), 3),
                             "l1": round(statistics.median(l1), 3),

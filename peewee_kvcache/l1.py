@@ -13,8 +13,10 @@ token store can never revive an old stamp.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import random
+import struct
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -24,6 +26,7 @@ import msgpack
 
 _SEQ = "seq"
 _BASE = "base"
+_U64 = struct.Struct("<Q")
 
 
 class L1Unavailable(RuntimeError):
@@ -48,6 +51,34 @@ class Unavailable:
 
     def close(self) -> None:
         """Nothing was opened."""
+
+
+class SharedCounter:
+    """The token counter's last committed value in an 8-byte memory-mapped file.
+
+    The hit path must learn "has anything been invalidated?" for every hit; a diskcache read costs
+    a SQLite query, reading a shared mapping costs nothing. Each bump publishes the counter here
+    *after* its transaction committed (so a reader never pairs a new value with old tokens); the
+    value is unique per bump, so any change, even out of order, means "reload the tokens".
+    """
+
+    def __init__(self, path: str):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        return _U64.unpack_from(self._map, 0)[0]
+
+    def publish(self, value: int) -> None:
+        _U64.pack_into(self._map, 0, value)
+
+    def close(self) -> None:
+        self._map.close()
 
 
 @dataclass(frozen=True)
@@ -76,6 +107,8 @@ class L1Store:
         self.meta = diskcache.Cache(os.path.join(directory, "tokens"), eviction_policy="none",
                                     timeout=timeout)
         self._init_counter()
+        self.counter = SharedCounter(os.path.join(directory, "counter.bin"))
+        self.counter.publish(self.seq())
         self._snapshot: Tuple[Optional[int], Dict[str, int]] = (None, {})
         self.meta.add("l1_id", uuid.uuid4().hex)
         #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
@@ -96,6 +129,7 @@ class L1Store:
         if value is None:  # the token store was wiped under us: start again at a random offset
             self._init_counter()
             value = self.meta.get(_SEQ)
+            self.counter.publish(int(value))
         return int(value)
 
     def bump(self, names: Iterable[str], at_ms: Optional[int] = None) -> int:
@@ -109,6 +143,7 @@ class L1Store:
                 self.meta.set("v:" + name, token)
                 if at_ms is not None:
                     self.meta.set("i:" + name, at_ms)
+        self.counter.publish(token)
         return token
 
     def invalidated_at(self, names: Iterable[str]) -> int:
@@ -132,11 +167,11 @@ class L1Store:
     def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
         """True while no name in the stamp has been bumped.
 
-        The hit path reads one key (the counter), not one per name: every bump raises the
-        counter in the same transaction that sets the tokens, so tokens read after seeing the
-        counter at S are still current while it reads S. They are kept per S in this process.
+        The hit path reads the shared counter, not one key per name: every bump publishes a new
+        counter value after committing its tokens, so tokens read after seeing the counter at S
+        are still current while it reads S. They are kept per S in this process.
         """
-        seq = self.meta.get(_SEQ)
+        seq = self.counter.read()
         snapshot = self._snapshot
         if snapshot[0] != seq:
             snapshot = self._snapshot = (seq, {})
@@ -185,10 +220,12 @@ class L1Store:
         """Drop every entry and move every token past all stamps ever issued."""
         self.entries.clear()
         with self.meta.transact():
-            self.meta.set(_BASE, self.bump(()))
+            token = self.meta.incr(_SEQ)
+            self.meta.set(_BASE, token)
             for key in list(self.meta.iterkeys()):
                 if isinstance(key, str) and key.startswith("v:"):
                     self.meta.delete(key)
+        self.counter.publish(token)
 
     def stats(self) -> Dict[str, int]:
         return {"l1_entries": len(self.entries), "l1_volume_bytes": self.entries.volume()}
@@ -196,3 +233,4 @@ class L1Store:
     def close(self) -> None:
         self.entries.close()
         self.meta.close()
+        self.counter.close()

@@ -45,7 +45,7 @@ def test_put_then_get_returns_the_result_from_l1_and_from_l2(cache):
     assert cache.put("q1", RESULT, ["user"]) is True
     assert cache.get("q1", ["user"]) == RESULT
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     l2_hits = cache.get_stats().l2_hits
     assert cache.get("q1", ["user"]) == RESULT
     assert cache.get_stats().l2_hits == l2_hits + 1
@@ -73,7 +73,7 @@ def test_writes_to_a_table_drop_its_entries(cache, how, tables):
     assert cache.get("comments", ["comment"]) == OTHER
     assert cache.drain(10)
     assert len(entry_keys(cache)) == 1                               # L2 swept too
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert cache.get("users", [User]) is None
     assert cache.get("comments", ["comment"]) == OTHER
 
@@ -234,7 +234,7 @@ def test_stats_count_keys_and_lookups(data):
     stats = cache.get_stats()
     assert (stats.hits, stats.misses, stats.l1_hits, stats.l2_hits) == (1, 2, 1, 0)
 
-    cache.l1.entries.clear()
+    cache.clear_local()
     list(join.clone())                                              # from L2, backfilled
     list(join.clone())                                              # from L1 again
     stats = cache.get_stats()
@@ -289,7 +289,7 @@ def test_clear_all_empties_this_prefix_only(make_cache, mine, theirs):
     assert [k for k in all_keys(a) if not k.startswith(theirs)] == []
     assert sorted(all_keys(b)) == theirs_before
     assert b.get("q", ["user", "post"]) == RESULT
-    b.l1.entries.clear()
+    b.clear_local()
     assert b.get("t", ["user"], is_tag=True) == OTHER              # from L2: still there
     a.put("q", RESULT, ["user", "post"])                            # usable afterwards
     assert a.get("q", ["user", "post"]) == RESULT
@@ -378,7 +378,8 @@ def test_databases_sharing_namespace_and_l1_never_see_each_others_results(
             assert read(other) == ["bob"]
         assert db.cache.drain(10) and other_cache.drain(10)
         assert len(entry_keys(db.cache)) == 2
-        db.cache.l1.entries.clear()
+        db.cache.clear_local()                                      # the shared L1 directory
+        other_cache.clear_local()                                   # and each process memory
         assert read(other) == ["bob"]                               # from L2
         assert read(db) == ["alice"]
         assert db.cache.get_stats().l2_hits + other_cache.get_stats().l2_hits == 2
@@ -417,7 +418,7 @@ def test_lookalike_parameters_get_their_own_entries(db, bind):
         for value in LOOKALIKES:
             assert run(value) == expected[repr(value)], value           # L1
         assert cache.drain(10)
-        cache.l1.entries.clear()
+        cache.clear_local()
         for value in reversed(LOOKALIKES):
             assert run(value) == expected[repr(value)], value           # L2
     assert len(entry_keys(cache)) == 2 * len(LOOKALIKES)
@@ -469,7 +470,7 @@ def test_a_failing_level_never_fails_a_query(db, bind, fault, monkeypatch, caplo
     assert cache.drain(10)
     assert cached_names() == db_names() == ["alice", "bob"]
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert cached_names() == ["alice", "bob"]
     assert cache.drain(10)
     assert calls, "the fault was never exercised"
@@ -506,7 +507,7 @@ def test_corrupt_l2_entry_is_a_miss(data, caplog):
     assert cached_names() == ["alice"]
     assert cache.drain(10)
     (key,) = entry_keys(cache)
-    cache.l1.entries.clear()
+    cache.clear_local()
     cache.namespace.put(key, b"garbage", expiration_ttl=60)
     peewee.Database.execute_sql(data, "UPDATE %s SET name = 'carol'" % (   # behind the cache
         '`user`' if isinstance(data, peewee.MySQLDatabase) else '"user"'))
@@ -518,7 +519,7 @@ def test_corrupt_l2_entry_is_a_miss(data, caplog):
     assert after["l2_hits"] == before["l2_hits"]
     assert any("rejected" in r.getMessage() for r in warnings_logged(caplog))
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert cached_names() == ["carol"]                              # rewritten, readable again
     assert cache.counters.snapshot()["l2_hits"] == after["l2_hits"] + 1
 
@@ -632,7 +633,7 @@ def test_pooled_postgresql_end_to_end(make_cache, pg_schema):
             User.update(score=5).where(User.name == "alice").execute()
         assert state() == [("alice", 5), ("bob", 0)]
         assert cache.drain(10)
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert state() == [("alice", 5), ("bob", 0)]
         assert cache.get_stats().l2_hits == 1
     finally:
@@ -670,7 +671,7 @@ def test_read_your_writes_across_processes_sharing_one_l1(make_cache, tmp_path):
         writer.join(60)
         assert writer.exitcode == 0
         assert cached_names() == ["alice", "bob"]                   # at once, no TTL involved
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert cached_names() == ["alice", "bob"]                   # and L2 holds no stale copy
     finally:
         db.close()

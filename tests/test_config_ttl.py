@@ -241,7 +241,7 @@ def test_entry_lives_until_its_expiry_and_not_a_moment_longer(open_sqlite, optio
         sneak_rename(db, "bob")
         clock.move_to(datetime.fromtimestamp(START_TS + alive, timezone.utc))
         if level == "l2":
-            cache.l1.entries.clear()
+            cache.clear_local()
         hits = cache.get_stats()
         assert names(query) == ["alice"]                   # still the cached answer
         after = cache.get_stats()
@@ -250,7 +250,7 @@ def test_entry_lives_until_its_expiry_and_not_a_moment_longer(open_sqlite, optio
             (hits.l2_hits if level == "l2" else hits.l1_hits) + 1
         clock.move_to(datetime.fromtimestamp(START_TS + dead, timezone.utc))
         if level == "l2":
-            cache.l1.entries.clear()
+            cache.clear_local()
         assert names(query) == ["bob"]                     # expired: from the database
         assert cache.get_stats().hits == after.hits
 
@@ -319,7 +319,7 @@ def test_keep_ttl_keeps_the_live_entrys_remaining_lifetime(make_cache):
         assert cache.get("q", ["user"]) == TWO
         clock.tick(0.2)                                        # t0 + 10.1 s
         assert cache.get("q", ["user"]) is None
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert cache.get("q", ["user"]) is None                # L2 agrees
 
 
@@ -419,7 +419,7 @@ def test_l2_backfill_keeps_the_l2_entrys_remaining_lifetime(open_sqlite):
         assert names(query) == ["alice"]
         assert cache.drain(10)
         sneak_rename(db, "bob")
-        cache.l1.entries.clear()
+        cache.clear_local()
         clock.tick(60)
         before = cache.get_stats()
         assert names(query) == ["alice"]                      # from L2, backfilled into L1
@@ -461,7 +461,7 @@ def test_kv_expiration_floor(open_sqlite, option, alive_for, kv_expiration):
         assert [m.expiration for m in markers] == [expiration]  # markers expire with the entry
         sneak_rename(db, "bob")
         clock.move_to(datetime.fromtimestamp(START_TS + alive_for + 0.5, timezone.utc))
-        cache.l1.entries.clear()
+        cache.clear_local()
         if expiration > START_TS + alive_for + 0.5:
             assert cache.namespace.get(key) is not None          # KV still holds the bytes...
         l2_hits = cache.get_stats().l2_hits

@@ -172,12 +172,12 @@ def test_every_kv_fault_leaves_queries_correct(kind, backend, server, kv_cache, 
     stale = server.namespace.get(stale_key)              # the pre-write entry, in KV
 
     server.inject(KV_FAULTS[kind])                       # every endpoint misbehaves
-    cache.l1.entries.clear()
+    cache.clear_local()
     before = counters(cache)
     assert names() == truth(db) == ["a"]                 # the KV read fails: the database answers
     Item.create(name="b")                                # the write's KV sweep meets the fault
     assert names() == truth(db) == ["a", "b"]            # read after write
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert names() == ["a", "b"]                         # never the pre-write entry from KV
     assert cache.drain(20)
     stats = cache.get_stats()                            # works while KV fails
@@ -195,10 +195,10 @@ def test_every_kv_fault_leaves_queries_correct(kind, backend, server, kv_cache, 
     assert wait_for(lambda: first_sweeps(cache.outbox) == 0, 10), "the sweep was never retried"
     assert server.namespace.get(stale_key) != stale      # the pre-write entry left KV
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert names() == ["a", "b"]                         # stored again after the sweep
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     l2_hits = counters(cache)["l2_hits"]
     assert names() == ["a", "b"]                         # and served from KV: the client recovered
     assert counters(cache)["l2_hits"] == l2_hits + 1
@@ -253,7 +253,7 @@ def test_query_latency_with_kv_down_is_bounded_by_the_read_timeout(how, server, 
         server.stop()
     else:
         server.inject(Fault("timeout", delay=5))
-    cache.l1.entries.clear()
+    cache.clear_local()
     rows, elapsed = timed(names)                         # L1 miss: KV is asked, and fails
     assert rows == truth(db) == ["a"]
     assert elapsed < READ_TIMEOUT + 0.25, f"the query took {elapsed:.3f}s"
@@ -319,7 +319,7 @@ def test_a_failed_sweep_waits_in_the_outbox_and_this_host_skips_kv_meanwhile(
     assert first_sweeps(cache.outbox) == 1
     assert server.namespace.get(stale) == stale_value    # the old entry is still in KV...
 
-    cache.l1.entries.clear()
+    cache.clear_local()
     before, gets = counters(cache), server.counts()["get"]
     assert names() == truth(db) == ["b"]                 # ...but this host does not read it
     after = counters(cache)
@@ -336,10 +336,10 @@ def test_a_failed_sweep_waits_in_the_outbox_and_this_host_skips_kv_meanwhile(
     fresh_db = make_db(fresh, backend, create=False)
     with fresh_db.bind_ctx(MODELS):
         assert names() == ["b"]
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert names() == ["b"]                              # the table is read from KV again
     assert cache.drain(10)
-    cache.l1.entries.clear()
+    cache.clear_local()
     hits = counters(cache)["l2_hits"]
     assert names() == ["b"]
     assert counters(cache)["l2_hits"] == hits + 1
@@ -659,7 +659,7 @@ def test_the_api_token_never_leaks(server, kv_cache, make_db, caplog, capfd):
     errors: List[BaseException] = []
     for i, fault in enumerate([Fault("drop"), Fault("malformed"), Fault("status", status=500)]):
         server.inject(fault)
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert names() == truth(db)
         Item.create(name=f"w{i}")
         assert names() == truth(db)
@@ -668,7 +668,7 @@ def test_the_api_token_never_leaks(server, kv_cache, make_db, caplog, capfd):
         errors += direct_calls(cache.namespace)
         server.clear_faults()
     server.inject(Fault("timeout", delay=1.0))           # timeouts: a read and two direct calls
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert names() == truth(db)
     errors += direct_calls(cache.namespace, quick=True)
     server.clear_faults()

@@ -78,7 +78,7 @@ def test_request_counts_per_operation(server, kv_cache, tmp_path):
     assert names(db) == ["a"]                          # L1 hit: nothing
     assert sum(server.counts().values()) == 0
 
-    cache.l1.entries.clear()
+    cache.clear_local()
     assert names(db) == ["a"]                          # L2 hit: 1 read
     assert server.counts() == {**{k: 0 for k in server.counts()}, "get": 1}
 
@@ -163,10 +163,10 @@ def test_ttl_under_kv_floor_is_honoured(server, kv_cache, tmp_path):
         stored = cache.namespace.get_with_metadata(key)
         assert stored.expiration >= time.time() + 55         # KV's floor: at least 60 s
         peewee.Database.execute_sql(db, "UPDATE item SET name = 'b'")   # behind the cache's back
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert [i.name for i in query.clone()] == ["a"]       # L2 hit within the 5 s
         time.sleep(5.2)
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert cache.namespace.get(key) is not None           # KV still holds it...
         assert [i.name for i in query.clone()] == ["b"]       # ...but it expired after 5 s
 
@@ -181,9 +181,9 @@ def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
         cache.put("q", RESULT, ["item"])
         assert cache.drain(10)                                # request 1: the bulk write
         for _ in range(2):                                    # requests 2 and 3: L2 hits
-            cache.l1.entries.clear()
+            cache.clear_local()
             assert cache.get("q", ["item"]) == RESULT
-        cache.l1.entries.clear()
+        cache.clear_local()
         assert cache.get("q", ["item"]) is None               # budget spent: L2 skipped
         assert sum(server.counts().values()) == 3
         stats = cache.get_stats()                             # its listing is skipped too

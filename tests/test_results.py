@@ -75,7 +75,7 @@ def test_every_shape_is_served_equal_from_l1_and_l2(data, shape):
     l1_before = cache.get_stats().l1_hits
     assert rows_of(run()) == expected      # from L1
     assert cache.get_stats().l1_hits > l1_before
-    cache.l1.entries.clear()              # only L2 is left
+    cache.clear_local()              # only L2 is left
     l2_before = cache.get_stats().l2_hits
     assert rows_of(run()) == expected
     assert cache.get_stats().l2_hits > l2_before
@@ -138,7 +138,7 @@ def test_every_type_round_trips_exactly(db, backend):
     assert db.cache.drain(10)
     for source in ("l1", "l2"):
         if source == "l2":
-            db.cache.l1.entries.clear()
+            db.cache.clear_local()
         got = list(query.clone())
         assert [[type(v) for v in row] for row in got] == [[type(v) for v in row]
                                                            for row in expected]

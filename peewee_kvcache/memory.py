@@ -1,0 +1,69 @@
+"""The in-process level in front of L1: decoded results of this process, validated like L1 entries.
+
+A hit served from here skips diskcache and decoding entirely; it is checked against the same
+token stamp, expiry and ``l1_max_age`` as an L1 entry, so it is exactly as fresh. Only results
+whose values are all immutable are kept: rows are shared by every caller, and a caller mutating a
+JSON dict from one result must not change what the next caller gets.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .codec import CachedResult
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+@dataclass(frozen=True)
+class MemoryEntry:
+    names: Tuple[str, ...]
+    tokens: Tuple[int, ...]
+    expires_at_ms: int
+    checked_at_ms: int
+    result: CachedResult
+
+
+def shareable(result: CachedResult, max_rows: int) -> bool:
+    """Small enough, and no value a caller could mutate in place."""
+    return len(result.rows) <= max_rows and not any(
+        isinstance(value, _MUTABLE) for row in result.rows for value in row)
+
+
+class MemoryLevel:
+    """A thread-safe LRU of at most ``max_entries`` results of at most ``max_rows`` rows each."""
+
+    def __init__(self, max_entries: int = 1000, max_rows: int = 10_000):
+        self.max_entries = max_entries
+        self.max_rows = max_rows
+        self._entries: "OrderedDict[str, MemoryEntry]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Optional[MemoryEntry]:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                self._entries.move_to_end(digest)
+            return entry
+
+    def put(self, digest: str, entry: MemoryEntry) -> None:
+        if not self.max_entries or not shareable(entry.result, self.max_rows):
+            return
+        with self._lock:
+            self._entries[digest] = entry
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def discard(self, digest: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

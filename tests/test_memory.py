@@ -1,0 +1,73 @@
+"""The in-process level: hits skip diskcache, stay exactly as fresh as L1, and never share values
+a caller could mutate."""
+import peewee
+import pytest
+
+from peewee_kvcache import CachedSqliteDatabase
+from peewee_kvcache.codec import CachedResult
+from peewee_kvcache.memory import MemoryEntry, MemoryLevel, shareable
+
+
+class Doc(peewee.Model):
+    title = peewee.CharField()
+
+
+@pytest.fixture
+def db(make_cache, tmp_path):
+    database = CachedSqliteDatabase(str(tmp_path / "m.db"), cache=make_cache())
+    database.bind([Doc])
+    database.create_tables([Doc])
+    Doc.create(title="a")
+    yield database
+    database.close()
+
+
+def titles():
+    return [d.title for d in Doc.select().with_cache()]
+
+
+def test_a_memory_hit_does_not_touch_diskcache(db, monkeypatch):
+    assert titles() == ["a"]
+    assert len(db.cache.memory) == 1
+
+    def broken(*args, **kwargs):
+        raise AssertionError("diskcache read on a memory hit")
+
+    monkeypatch.setattr(db.cache.l1.entries, "get", broken)
+    assert titles() == ["a"]
+    assert db.cache.get_stats().l1_hits == 1
+
+
+def test_memory_entries_die_with_their_tokens(db):
+    assert titles() == ["a"]
+    Doc.update(title="b").execute()
+    assert titles() == ["b"]
+
+
+def test_another_process_on_the_same_l1_invalidates_this_memory(db, make_cache):
+    """A bump by another cache object on the same L1 (as another process would) is seen through
+    the shared counter."""
+    assert titles() == ["a"]
+    other = make_cache()                      # same L1 directory
+    other.invalidate(tables=["doc"])
+    peewee.Database.execute_sql(db, "UPDATE doc SET title = 'c'")
+    assert titles() == ["c"]
+
+
+def test_results_with_mutable_values_are_not_shared():
+    mutable = CachedResult(("j",), [({"a": 1},)])
+    frozen = CachedResult(("x",), [(1, "s", b"b", None)])
+    assert not shareable(mutable, 10) and shareable(frozen, 10)
+    assert not shareable(CachedResult(("x",), [(1,)] * 11), 10)
+    level = MemoryLevel(max_entries=2)
+    level.put("m", MemoryEntry(("*",), (1,), 10**15, 0, mutable))
+    assert level.get("m") is None
+
+
+def test_lru_bound():
+    level = MemoryLevel(max_entries=2)
+    result = CachedResult(("x",), [(1,)])
+    for key in "abc":
+        level.put(key, MemoryEntry(("*",), (1,), 10**15, 0, result))
+    assert level.get("a") is None and level.get("b") and level.get("c")
+    assert len(level) == 2
