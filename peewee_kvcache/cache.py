@@ -59,7 +59,11 @@ def default_directory(kind: str) -> str:
 
 def digest_of(*parts: bytes) -> str:
     """Key hash: 160-bit BLAKE2b, hex (keys never contain SQL, parameters or data)."""
-    h = hashlib.blake2b(digest_size=20)
+    return digest_from(hashlib.blake2b(digest_size=20), *parts)
+
+
+def digest_from(h: "hashlib._Hash", *parts: bytes) -> str:
+    """Finish a hash (possibly a copy of a prefix state) with length-prefixed ``parts``."""
     for part in parts:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
@@ -610,7 +614,7 @@ class CloudflareKVCache:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
         tags = tag_list([key] if is_tag else [])
         names = stamp_names(table_names_of(tables), tags, auto)
-        return digest_of(b"seed", key.encode(), tag_digest_part(tags, auto)), names
+        return digest_of(b"seed", key.encode(), tag_digest_part(tuple(tags), auto)), names
 
     # -- operations -------------------------------------------------------------------------
     def drain(self, timeout: Optional[float] = None) -> bool:

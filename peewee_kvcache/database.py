@@ -11,18 +11,19 @@ invalidations or disable caching.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from . import notify
-from .cache import CloudflareKVCache, digest_of
+from .cache import CloudflareKVCache, digest_from
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .config import now_ms
 from .cursor import CachedCursor
@@ -74,12 +75,27 @@ class CachedDatabase:
         self.cache = cache if cache is not None else CloudflareKVCache()
         self._kv_local = threading.local()
         self._kv_identity: Optional[bytes] = None
+        self._kv_sql_hashes: Dict[str, Any] = {}
         self._kv_dialect = _dialect(self)  # type: ignore[arg-type]
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
     def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
         self._kv_identity = None  # a re-init may point at another server
+        self._kv_sql_hashes = {}
         super().init(database, *args, **kwargs)  # type: ignore[misc]
+
+    def _sql_hash(self, sql: str) -> "hashlib._Hash":
+        """A hash already fed the database identity and ``sql``: a hit only hashes its params."""
+        cached = self._kv_sql_hashes.get(sql)
+        if cached is None:
+            if len(self._kv_sql_hashes) >= 4096:
+                self._kv_sql_hashes.clear()
+            cached = hashlib.blake2b(digest_size=20)
+            for part in (self._identity(), sql.encode()):
+                cached.update(len(part).to_bytes(8, "big"))
+                cached.update(part)
+            self._kv_sql_hashes[sql] = cached
+        return cached.copy()
 
     def _identity(self) -> bytes:
         """Database, host, port, user, options (search_path...): the same SQL run by another
@@ -117,8 +133,8 @@ class CachedDatabase:
             self.cache.counters.incr("bypassed_in_transaction")
             return self._run(sql, params)
         try:
-            digest = digest_of(self._identity(), sql.encode(), encode_params(params or ()),
-                               tag_digest_part(options.tags, options.auto_invalidate))
+            digest = digest_from(self._sql_hash(sql), encode_params(params or ()),
+                                 tag_digest_part(options.tags, options.auto_invalidate))
         except UnsupportedValue as exc:
             log.debug("peewee_kvcache: not caching: %s", exc)
             self.cache.counters.incr("uncacheable")

@@ -1,7 +1,9 @@
 """What a cached result depends on: table and tag names, validated and normalised in one place."""
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Union
+import functools
+
+from typing import Any, FrozenSet, Iterable, List, Tuple, Union
 
 import peewee
 
@@ -54,19 +56,28 @@ def tag_list(tags: Union[str, Iterable[str], None]) -> List[str]:
     return result
 
 
-def stamp_names(tables: Iterable[str], tags: Iterable[str], auto_invalidate: bool) -> List[str]:
+def stamp_names(tables: Iterable[str], tags: Iterable[str], auto_invalidate: bool
+                ) -> Tuple[str, ...]:
     """Token names an entry is stamped with, in a stable order.
 
     Auto-invalidated entries depend on their tables and on :data:`EVERYTHING`; an entry with
     ``auto_invalidate=False`` depends only on its tags (and its TTL).
     """
-    names = [index.tag_name(tag) for tag in sorted(set(tags))]
+    return _stamp_names(frozenset(tables), frozenset(tags), auto_invalidate)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stamp_names(tables: FrozenSet[str], tags: FrozenSet[str], auto_invalidate: bool
+                 ) -> Tuple[str, ...]:
+    """Memoised: the hit path asks for the same few stamps over and over."""
+    names = [index.tag_name(tag) for tag in sorted(tags)]
     if auto_invalidate:
-        names = [EVERYTHING] + [index.table_name(t) for t in sorted(set(tables))] + names
-    return names
+        names = [EVERYTHING] + [index.table_name(t) for t in sorted(tables)] + names
+    return tuple(names)
 
 
-def tag_digest_part(tags: Iterable[str], auto_invalidate: bool) -> bytes:
+@functools.lru_cache(maxsize=4096)
+def tag_digest_part(tags: Tuple[str, ...], auto_invalidate: bool) -> bytes:
     """Bytes mixed into a result key so entries with different tags/auto flags never collide."""
     return ("\x00".join(sorted(set(tags))) + ("\x01auto" if auto_invalidate else "\x01manual")).encode()
 

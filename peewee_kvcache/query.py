@@ -6,6 +6,7 @@ chained call keeps them. ``count()`` and ``exists()`` wrap the query in a new ``
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Tuple, Union
 
@@ -32,7 +33,31 @@ def make_options(enabled: bool = True, *, ex: Optional[int] = None, px: Optional
                  exat: Optional[int] = None, pxat: Optional[int] = None, keep_ttl: bool = False,
                  tag: Union[str, Iterable[str], None] = None, auto_invalidate: bool = True,
                  config: Optional[CacheConfig] = None) -> CacheOptions:
-    """Validate ``with_cache`` arguments (bad values raise here, naming the value)."""
+    """Validate ``with_cache`` arguments (bad values raise here, naming the value).
+
+    Memoised for the common calls: queries are rebuilt on every request, and validating the same
+    ``with_cache(ex=30)`` each time would cost more than the cache hit itself. Absolute expiries
+    (exat/pxat) are checked against the clock every time.
+    """
+    if exat is None and pxat is None:
+        key_tag = tuple(tag) if isinstance(tag, list) else tag
+        try:
+            return _memo_options(enabled, ex, px, keep_ttl, key_tag, auto_invalidate, config)
+        except TypeError as exc:
+            if "unhashable" not in str(exc):
+                raise
+    return _make_options(enabled, ex, px, exat, pxat, keep_ttl, tag, auto_invalidate, config)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _memo_options(enabled: bool, ex: Optional[int], px: Optional[int], keep_ttl: bool,
+                  tag: Any, auto_invalidate: bool, config: Optional[CacheConfig]) -> CacheOptions:
+    return _make_options(enabled, ex, px, None, None, keep_ttl, tag, auto_invalidate, config)
+
+
+def _make_options(enabled: bool, ex: Optional[int], px: Optional[int], exat: Optional[int],
+                  pxat: Optional[int], keep_ttl: bool, tag: Union[str, Iterable[str], None],
+                  auto_invalidate: bool, config: Optional[CacheConfig]) -> CacheOptions:
     if not isinstance(enabled, bool):
         raise TypeError(f"with_cache(enabled) must be a bool, got {enabled!r}")
     if not isinstance(auto_invalidate, bool):
