@@ -54,11 +54,6 @@ class CacheConfig:
         if self.pxat is not None and self.pxat <= now_ms():
             raise ValueError(f"pxat={self.pxat} is in the past")
 
-    @property
-    def is_default(self) -> bool:
-        """True when no expiry option was given, so the cache's default TTL decides."""
-        return not self.keep_ttl and all(getattr(self, n) is None for n in _EXPIRY_FIELDS)
-
     def expires_at_ms(self, now: int, default_ttl_ms: int,
                       existing_expires_at_ms: Optional[int] = None) -> int:
         """Absolute expiry in unix ms for an entry written at ``now`` (ms).

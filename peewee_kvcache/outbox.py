@@ -100,10 +100,6 @@ class Outbox:
                       now_ms + delay)
         return delay
 
-    def next_due_ms(self) -> Optional[int]:
-        key = next(iter(self.jobs.iterkeys()), None)
-        return int(key.split("-", 1)[0]) if key else None
-
     def __len__(self) -> int:
         return len(self.jobs)
 
