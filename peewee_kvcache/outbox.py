@@ -100,6 +100,11 @@ class Outbox:
                       now_ms + delay)
         return delay
 
+    def next_due_ms(self) -> Optional[int]:
+        """When the next job is due (unix ms), for monitoring and tests; None when empty."""
+        key = next(iter(self.jobs.iterkeys()), None)
+        return int(key.split("-", 1)[0]) if key else None
+
     def __len__(self) -> int:
         return len(self.jobs)
 

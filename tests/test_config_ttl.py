@@ -81,7 +81,8 @@ def test_each_single_option_and_none_are_accepted():
         for kwargs in ({"ex": 1}, {"px": 1}, {"exat": START_TS + 1}, {"pxat": START_MS + 1},
                        {"keep_ttl": True}, {}):
             config = CacheConfig(**kwargs)
-            assert config.is_default == (kwargs == {})
+            assert config.expires_at_ms(0, 7, None) == (7 if kwargs in ({}, {"keep_ttl": True})
+                                                        else config.expires_at_ms(0, 8, None))
             assert User.select().with_cache(**kwargs)._kvcache.config == config
 
 
