@@ -7,6 +7,8 @@ with open("README.md", encoding="utf-8") as fh:
 POSTGRES = ["psycopg2-binary>=2.9"]
 MYSQL = ["pymysql>=1.0"]
 EXAMPLES = ["flask>=2.2"]
+# benchmarks/run.py only: the peer (django-cachalot), a hand-rolled alternative and the plot
+BENCH = ["django>=4.2", "django-cachalot>=2.6", "dogpile.cache>=1.1", "matplotlib>=3.5"]
 
 setup(
     name="peewee_kvcache",
@@ -31,6 +33,7 @@ setup(
         "postgres": POSTGRES,
         "mysql": MYSQL,
         "examples": POSTGRES + EXAMPLES,
+        "bench": POSTGRES + BENCH,
         "test": POSTGRES + MYSQL + EXAMPLES + ["pytest>=7", "freezegun>=1.2",
                                                "pytest-timeout>=2.1"],
     },

@@ -45,6 +45,7 @@ class BackgroundWriter:
                  exit_timeout: float = 10.0):
         self._linger_s = linger_s
         self._lingering = False
+        self._draining = 0  # threads in drain(): the writer must not linger for them
         self._send_puts = send_puts
         self._tick = tick
         self._poll_s = poll_s
@@ -75,8 +76,12 @@ class BackgroundWriter:
         """Block until all submitted work is done (cutting a linger short); False if ``timeout``
         passed first."""
         with self._cond:
+            self._draining += 1
             self._cond.notify_all()
-            return self._cond.wait_for(lambda: self._busy == 0, timeout)
+            try:
+                return self._cond.wait_for(lambda: self._busy == 0, timeout)
+            finally:
+                self._draining -= 1
 
     def pending(self) -> int:
         with self._cond:
@@ -110,7 +115,7 @@ class BackgroundWriter:
             first = self._queue.popleft()
             if not isinstance(first, PutTask):
                 return [first]
-            if not self._queue:  # let more puts arrive (submit doesn't wake us meanwhile)
+            if not self._queue and not self._draining:  # let more puts arrive meanwhile
                 self._lingering = True
                 self._cond.wait(self._linger_s)
                 self._lingering = False
