@@ -115,7 +115,7 @@ class BackgroundWriter:
             first = self._queue.popleft()
             if not isinstance(first, PutTask):
                 return [first]
-            if not self._queue and not self._draining:  # let more puts arrive meanwhile
+            if not self._draining and len(self._queue) < self._max_batch:  # let more arrive
                 self._lingering = True
                 self._cond.wait(self._linger_s)
                 self._lingering = False
