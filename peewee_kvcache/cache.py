@@ -11,11 +11,7 @@ import logging
 import math
 import os
 import time
-import uuid
-from collections import Counter
-from dataclasses import replace
-from typing import (Any, Callable, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar,
-                    Union)
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import platformdirs
 
@@ -31,10 +27,11 @@ from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
 from .l1 import L1Entry, L1Store, Unavailable
 from .memory import MemoryEntry, MemoryLevel
-from .outbox import MAX_BACKOFF_MS, Job, Outbox
+from .outbox import Job, Outbox
 from .index import EVERYTHING
 from .names import stamp_names, table_names_of, tag_digest_part, tag_list
 from .stats import CacheStats, Counters
+from .sweeper import Sweeper
 from .writer import BackgroundWriter, PutTask
 
 log = logging.getLogger("peewee_kvcache")
@@ -127,11 +124,8 @@ class CloudflareKVCache:
         self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout, _not_a_kv_fault)
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
                                   else propagation_delay)
-        self._own_jobs: Set[str] = set()
-        self._untrusted: Set[str] = set()  # names whose L1 bump failed (see _bump)
-        self._memory_jobs: List[Tuple[int, Job]] = []  # sweeps that could not be recorded
-        self._memory_pending: Counter = Counter()  # their names: not read from L2 meanwhile
-        self.writer = BackgroundWriter(self._send_puts, self._run_due_jobs)
+        self.sweeper = Sweeper(self)
+        self.writer = BackgroundWriter(self._send_puts, self.sweeper.run_due)
         if self._outbox_len() > 0:
             self.writer.start()  # sweeps an earlier process left unfinished
 
@@ -170,7 +164,7 @@ class CloudflareKVCache:
             result, _ = decode_entry(entry.payload)
             self._remember(digest, entry, result)
         except Exception:
-            self._fault("l1_errors", "L1 read failed")
+            self.fault("l1_errors", "L1 read failed")
             return None
         self.counters.incr("l1_hits")
         return result
@@ -179,7 +173,7 @@ class CloudflareKVCache:
                 checked_at_ms: int, now: int) -> bool:
         """Unexpired, no name bumped or distrusted, and checked against L2 recently enough."""
         return (expires_at_ms > now and self.l1.is_current(names, tokens)
-                and not (self._untrusted and self._untrusted.intersection(names))
+                and not self.sweeper.distrusts(names)
                 and (self.l1_max_age_ms is None or now - checked_at_ms <= self.l1_max_age_ms))
 
     def _remember(self, digest: str, entry: L1Entry, result: CachedResult) -> None:
@@ -191,7 +185,7 @@ class CloudflareKVCache:
         host's invalidation deletes L2 entries but cannot reach this host's L1. If L2 holds a
         different (newer) result, that one is served; if L2 can't be asked, the DB is."""
         self.counters.incr("l1_rechecks")
-        ok, raw = self._l2("L2 read for an L1 recheck failed", self.namespace.get,
+        ok, raw = self.call_l2("L2 read for an L1 recheck failed", self.namespace.get,
                            self.layout.entry_key(digest, entry.names))
         if not ok or raw is None:
             return None
@@ -221,10 +215,10 @@ class CloudflareKVCache:
             result, expires_at_ms, created_at_ms = decode_entry_full(raw, self._secret,
                                                                      digest.encode())
         except SignatureError:
-            self._fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
+            self.fault("bad_signatures", "L2 entry with a bad or missing signature rejected")
             return None
         except CodecError:
-            self._fault("codec_errors", "corrupt L2 entry rejected")
+            self.fault("codec_errors", "corrupt L2 entry rejected")
             return None
         if expires_at_ms is None or expires_at_ms <= now:
             return None
@@ -236,14 +230,14 @@ class CloudflareKVCache:
 
     def _lookup_l2(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
         try:
-            if any(self._memory_pending[n] for n in names) or self.l1.any_pending(names):
+            if self.sweeper.pending_in_memory(names) or self.l1.any_pending(names):
                 self.counters.incr("l2_skipped_pending")
                 return None
             tokens = self.l1.tokens(names)  # before the read: a later bump kills the backfill
         except Exception:
-            self._fault("l1_errors", "L1 token read failed")
+            self.fault("l1_errors", "L1 token read failed")
             return None
-        ok, raw = self._l2("L2 read failed", self.namespace.get,
+        ok, raw = self.call_l2("L2 read failed", self.namespace.get,
                            self.layout.entry_key(digest, names))
         if raw is None:
             return None
@@ -251,7 +245,7 @@ class CloudflareKVCache:
         try:
             decoded = self._decode_l2(digest, raw, now, names)
         except Exception:
-            self._fault("l1_errors", "L1 read failed")
+            self.fault("l1_errors", "L1 read failed")
             return None
         if decoded is None:
             return None
@@ -262,7 +256,7 @@ class CloudflareKVCache:
             self.l1.set(digest, entry, now)
             self._remember(digest, entry, result)
         except Exception:
-            self._fault("l1_errors", "L1 backfill failed")
+            self.fault("l1_errors", "L1 backfill failed")
         return result
 
     # -- stampede protection ----------------------------------------------------------------
@@ -274,14 +268,14 @@ class CloudflareKVCache:
         try:
             return bool(self.l1.entries.add("fill:" + digest, 1, expire=self.stampede_wait))
         except Exception:
-            self._fault("l1_errors", "L1 fill lock failed")
+            self.fault("l1_errors", "L1 fill lock failed")
             return True
 
     def end_fill(self, digest: str) -> None:
         try:
             self.l1.entries.delete("fill:" + digest)
         except Exception:
-            self._fault("l1_errors", "L1 fill unlock failed")
+            self.fault("l1_errors", "L1 fill unlock failed")
 
     def await_fill(self, digest: str) -> Optional[CachedResult]:
         """A follower waits for the leader's result in L1, at most ``stampede_wait`` seconds;
@@ -309,7 +303,7 @@ class CloudflareKVCache:
         try:
             return self.l1.tokens(names)
         except Exception:
-            self._fault("l1_errors", "L1 token read failed")
+            self.fault("l1_errors", "L1 token read failed")
             return None
 
     def seq(self) -> Optional[int]:
@@ -317,7 +311,7 @@ class CloudflareKVCache:
         try:
             return self.l1.seq()
         except Exception:
-            self._fault("l1_errors", "L1 token read failed")
+            self.fault("l1_errors", "L1 token read failed")
             return None
 
     def store(self, digest: str, names: Sequence[str], tokens: Sequence[int],
@@ -326,7 +320,7 @@ class CloudflareKVCache:
         """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read.
         ``started_ms``: when the query started (read before the tokens); defaults to now."""
         try:
-            if not self.l1.is_current(names, tokens) or self._untrusted.intersection(names):
+            if not self.l1.is_current(names, tokens) or self.sweeper.distrusts(names):
                 self.counters.incr("stores_refused")
                 return False
             now = now_ms()
@@ -339,14 +333,14 @@ class CloudflareKVCache:
             self.counters.incr("uncacheable")
             return False
         except Exception:
-            self._fault("l1_errors", "preparing a store failed")
+            self.fault("l1_errors", "preparing a store failed")
             return False
         try:
             entry = L1Entry(tuple(names), tuple(tokens), expires_at, payload, now)
             self.l1.set(digest, entry, now)
             self._remember(digest, entry, result)
         except Exception:
-            self._fault("l1_errors", "L1 write failed")
+            self.fault("l1_errors", "L1 write failed")
         self.counters.incr("stores")
         if len(payload) > MAX_VALUE_BYTES:
             self.counters.incr("oversized")  # stays in L1 only
@@ -370,7 +364,7 @@ class CloudflareKVCache:
         entry = self.l1.get(digest)
         if entry is not None:
             return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
-        ok, raw = self._l2("L2 read for keep_ttl failed", self.namespace.get,
+        ok, raw = self.call_l2("L2 read for keep_ttl failed", self.namespace.get,
                            self.layout.entry_key(digest, names))
         try:
             return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
@@ -381,7 +375,7 @@ class CloudflareKVCache:
         try:
             return self.l1.is_current(names, tokens)
         except Exception:
-            self._fault("l1_errors", "L1 token read failed")
+            self.fault("l1_errors", "L1 token read failed")
             return False
 
     def _send_puts(self, tasks: List[PutTask]) -> None:
@@ -402,19 +396,19 @@ class CloudflareKVCache:
         pairs = [pair for _, task_pairs in live for pair in task_pairs]
         if not pairs:
             return
-        ok, failed = self._l2("L2 bulk write failed", self.namespace.bulk_put, pairs)
+        ok, failed = self.call_l2("L2 bulk write failed", self.namespace.bulk_put, pairs)
         if not ok:
             return
         if failed:
-            self._fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
+            self.fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
         done = now_ms()  # a write that landed too late may have missed the re-sweep: undo it
         stale = [pair.key for task, task_pairs in live
                  if done - task.started_ms > self.max_put_delay_ms or not task.still_valid()
                  for pair in task_pairs]
         if stale:
-            self._delete_l2(stale)
+            self.delete_keys(stale)
 
-    def _l2(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
+    def call_l2(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
         """One L2 call through the circuit breaker: (True, result), or (False, None) after
         logging and counting the fault. Nothing is raised: L2 is an optimisation."""
         try:
@@ -424,7 +418,7 @@ class CloudflareKVCache:
         except CircuitOpenError:
             self.counters.incr("l2_circuit_open")
         except Exception:
-            self._fault("l2_errors", what)
+            self.fault("l2_errors", what)
         return False, None
 
     # -- invalidation -----------------------------------------------------------------------
@@ -455,7 +449,7 @@ class CloudflareKVCache:
             self.l1.bump(names, now_ms())
             self.counters.incr("remote_evictions")
         except Exception:
-            self._fault("l1_errors", "L1 eviction for a remote write failed")
+            self.fault("l1_errors", "L1 eviction for a remote write failed")
 
     def invalidate_everything(self) -> None:
         """After a write whose tables are unknown: every auto-invalidated result goes."""
@@ -468,121 +462,23 @@ class CloudflareKVCache:
             self.complete_invalidation(job)
 
     def prepare_invalidation(self, names: Sequence[str]) -> Optional[Job]:
-        """Record the L2 sweep durably *before* the write commits, and stop this host reading
-        the names from L2 until it succeeded. A crash after the commit leaves the job behind
-        for the next process; a rollback only costs a needless sweep. Without a usable L1 the
-        job lives in memory only (retried by this process)."""
-        if not names:
-            return None
-        names = tuple(sorted(set(names)))
-        try:
-            job = self.outbox.add(names, now_ms() + self.outbox.lease_ms)
-            self.l1.mark_pending(names, job.job_id)
-        except Exception:
-            self._fault("l1_errors", "recording an invalidation failed")
-            job = Job("mem-" + uuid.uuid4().hex, names, durable=False)
-            self._memory_pending.update(names)
-        self._own_jobs.add(job.job_id)
-        return job
+        """Record the L2 sweep before the write commits (see :class:`Sweeper`)."""
+        return self.sweeper.prepare(names)
 
     def complete_invalidation(self, job: Job) -> None:
-        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
+        """After the write: new tokens at once, the L2 sweep in the background."""
         self.counters.incr("invalidations")
-        self._bump(job.names)
-        self.writer.submit(lambda: self._run_job(job))
+        self.sweeper.complete(job)
 
-    def _bump(self, names: Sequence[str]) -> None:
-        """New tokens for ``names``. If L1 can't take them (a full disk), this process stops
-        trusting L1 entries of those names until a later bump succeeds (see ``_run_due_jobs``)."""
-        try:
-            self.l1.bump(names, now_ms())
-        except Exception:
-            self._fault("l1_errors", "L1 invalidation failed")
-            self._untrusted.update(names)
-
-    def _run_due_jobs(self) -> None:
-        """Writer tick: retries, late re-sweeps and jobs other processes left behind."""
-        if self._untrusted:
-            names = tuple(self._untrusted)
-            try:
-                self.l1.bump(names, now_ms())
-                self._untrusted.difference_update(names)
-            except Exception:
-                pass  # still failing: those names stay untrusted, counted when they first failed
-        now = now_ms()
-        due = [job for at, job in self._memory_jobs if at <= now]
-        self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
-        try:
-            due.extend(self.outbox.claim_due(now))
-        except Exception:
-            self._fault("l1_errors", "reading the invalidation outbox failed")
-        for job in due:
-            self._run_job(job)
-
-    def _run_job(self, job: Job) -> None:
-        """Sweep L2 for one job; on failure reschedule it with a backoff."""
-        if job.sweep == 1 and job.job_id not in self._own_jobs:
-            self._bump(job.names)  # its writer may have died before bumping L1
-        # results whose query started after this point are fresh: the write had committed
-        before_ms = job.before_ms if job.before_ms is not None else now_ms()
-        job = replace(job, before_ms=before_ms)
-        if not self._sweep_l2(job.names, before_ms):
-            self._retry(job)
-            return
-        self._own_jobs.discard(job.job_id)
-        try:
-            if job.durable:
-                self.outbox.done(job)
-            if job.sweep == 1:
-                if job.durable:
-                    self.l1.clear_pending(job.names, job.job_id)
-                else:
-                    self._memory_pending.subtract(job.names)
-                    self._memory_pending += Counter()  # drops the names that reached zero
-                # KV's list may not yet show other hosts' markers, and another host's write that
-                # started before ours may still be in flight (at most max_put_delay): again.
-                self._schedule(replace(job, sweep=2, attempts=0),
-                               int(self.propagation_delay * 1000) + self.max_put_delay_ms)
-        except Exception:
-            self._fault("l1_errors", "updating the invalidation outbox failed")
-
-    def _retry(self, job: Job) -> None:
-        try:
-            if job.durable:
-                self.outbox.retry(job, now_ms())
-                return
-        except Exception:
-            self._fault("l1_errors", "rescheduling an invalidation failed")
-        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
-        self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
-                                                            durable=False)))
-
-    def _schedule(self, job: Job, delay_ms: int) -> None:
-        """A further sweep after ``delay_ms``: in the outbox, or in memory without an L1."""
-        if job.durable:
-            self.outbox.add(job.names, now_ms() + delay_ms, sweep=job.sweep,
-                            before_ms=job.before_ms)
-        else:
-            self._memory_jobs.append((now_ms() + delay_ms, job))
-
-    def _sweep_l2(self, names: Sequence[str], before_ms: int) -> bool:
-        """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
-        keys: List[str] = []
-        for name in names:
-            ok, infos = self._l2("L2 invalidation listing failed", self._list,
-                                 self.layout.name_prefix(name))
-            if not ok:
-                return False
-            keys.extend(self.layout.keys_to_delete(infos or (), before_ms + self.clock_skew_ms))
-        return not keys or self._delete_l2(sorted(set(keys)))
-
-    def _list(self, prefix: str) -> List[KeyInfo]:
+    def list_keys(self, prefix: str) -> List[KeyInfo]:
+        """Every L2 key under ``prefix`` (raises; wrap in :meth:`call_l2`)."""
         return list(self.namespace.list_all(prefix))
 
-    def _delete_l2(self, keys: Sequence[str]) -> bool:
-        ok, failed = self._l2("L2 bulk delete failed", self.namespace.bulk_delete, keys)
+    def delete_keys(self, keys: Sequence[str]) -> bool:
+        """Bulk-delete L2 keys; True when KV accepted them all (faults counted, not raised)."""
+        ok, failed = self.call_l2("L2 bulk delete failed", self.namespace.bulk_delete, keys)
         if ok and failed:
-            self._fault("l2_errors", f"L2 bulk delete left {len(failed)} keys")
+            self.fault("l2_errors", f"L2 bulk delete left {len(failed)} keys")
         return ok and not failed
 
     # -- the seed's API ---------------------------------------------------------------------
@@ -625,7 +521,7 @@ class CloudflareKVCache:
         """Counters of this process plus key counts read from L2 (right across hosts):
         ``total_keys`` results, ``table_keys`` / ``tag_keys`` index keys under t: / g:."""
         table_prefix, tag_prefix = self.prefix + index.TABLE, self.prefix + index.TAG
-        ok, infos = self._l2("L2 listing for stats failed", self._list_own)
+        ok, infos = self.call_l2("L2 listing for stats failed", self._list_own)
         counts = {"total_keys": -1, "table_keys": -1, "tag_keys": -1}
         if ok and infos is not None:
             counts = {"total_keys": sum(1 for i in infos if index.marker_target(i) is None),
@@ -634,7 +530,7 @@ class CloudflareKVCache:
         try:
             l1 = self.l1.stats()
         except Exception:
-            self._fault("l1_errors", "L1 stats failed")
+            self.fault("l1_errors", "L1 stats failed")
             l1 = {}
         return CacheStats(**counts, **self.counters.snapshot(), **l1,
                           pending_l2_work=self.writer.pending(),
@@ -644,7 +540,7 @@ class CloudflareKVCache:
         try:
             return len(self.outbox)
         except Exception:
-            self._fault("l1_errors", "reading the invalidation outbox failed")
+            self.fault("l1_errors", "reading the invalidation outbox failed")
             return -1
 
     def clear_local(self) -> None:
@@ -654,7 +550,7 @@ class CloudflareKVCache:
         try:
             self.l1.entries.clear()
         except Exception:
-            self._fault("l1_errors", "L1 clear failed")
+            self.fault("l1_errors", "L1 clear failed")
 
     def clear_all(self) -> None:
         """Empty both levels for this cache's prefix (other prefixes in the namespace stay)."""
@@ -663,10 +559,10 @@ class CloudflareKVCache:
         try:
             self.l1.clear()
         except Exception:
-            self._fault("l1_errors", "L1 clear failed")
-        ok, infos = self._l2("L2 listing for clear failed", self._list_own)
+            self.fault("l1_errors", "L1 clear failed")
+        ok, infos = self.call_l2("L2 listing for clear failed", self._list_own)
         if infos:
-            self._delete_l2([info.name for info in infos])
+            self.delete_keys([info.name for info in infos])
 
     def _list_own(self) -> List[KeyInfo]:
         """Every L2 key of this cache, listed by kind: a bare prefix "a" would match "ab..."."""
@@ -674,7 +570,7 @@ class CloudflareKVCache:
 
     def l2_entry_keys(self) -> List[str]:
         """Keys of the results stored in L2 (markers left out); [] when L2 can't be listed."""
-        ok, infos = self._l2("L2 listing failed", self._list_own)
+        ok, infos = self.call_l2("L2 listing failed", self._list_own)
         return [i.name for i in infos or () if index.marker_target(i) is None]
 
     def close(self) -> None:
@@ -683,7 +579,7 @@ class CloudflareKVCache:
         self.l1.close()
         self.namespace.close()
 
-    def _fault(self, counter: str, what: str) -> None:
+    def fault(self, counter: str, what: str) -> None:
         """Log a degraded operation (with traceback at debug level) and count it."""
         self.counters.incr(counter)
         log.warning("peewee_kvcache: %s; serving from the database", what,

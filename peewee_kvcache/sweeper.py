@@ -1,0 +1,146 @@
+"""The L2 side of invalidation: durable sweep jobs, their retries and late re-sweeps.
+
+A write's sweep is recorded in the outbox (L1 directory) before the database commit, run by the
+background writer after it, retried with backoff until KV accepts it, and repeated once
+``propagation_delay + max_put_delay`` later for markers KV's ``list`` did not show yet and for other
+hosts' writes still in flight. Without a usable L1 the jobs live in this process's memory.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import replace
+from typing import TYPE_CHECKING, List, Optional, Sequence, Set, Tuple
+
+from .config import now_ms
+from .outbox import MAX_BACKOFF_MS, Job
+
+if TYPE_CHECKING:
+    from .cache import CloudflareKVCache
+
+
+class Sweeper:
+    """Sweep jobs of one cache, and what this process must distrust while they are pending."""
+
+    def __init__(self, cache: "CloudflareKVCache"):
+        self.cache = cache
+        self._own_jobs: Set[str] = set()
+        self._untrusted: Set[str] = set()  # names whose L1 bump failed (see _bump)
+        self._memory_jobs: List[Tuple[int, Job]] = []  # sweeps that could not be recorded
+        self._memory_pending: Counter = Counter()  # their names: not read from L2 meanwhile
+
+    def distrusts(self, names: Sequence[str]) -> bool:
+        """True for names whose L1 invalidation failed: their L1 entries can't be trusted."""
+        return bool(self._untrusted) and not self._untrusted.isdisjoint(names)
+
+    def pending_in_memory(self, names: Sequence[str]) -> bool:
+        """True while a sweep of one of ``names`` that the outbox couldn't record is pending."""
+        return any(self._memory_pending[name] for name in names)
+
+    def prepare(self, names: Sequence[str]) -> Optional[Job]:
+        """Record the L2 sweep durably *before* the write commits, and stop this host reading
+        the names from L2 until it succeeded. A crash after the commit leaves the job behind
+        for the next process; a rollback only costs a needless sweep. Without a usable L1 the
+        job lives in memory only (retried by this process)."""
+        if not names:
+            return None
+        names = tuple(sorted(set(names)))
+        try:
+            job = self.cache.outbox.add(names, now_ms() + self.cache.outbox.lease_ms)
+            self.cache.l1.mark_pending(names, job.job_id)
+        except Exception:
+            self.cache.fault("l1_errors", "recording an invalidation failed")
+            job = Job("mem-" + uuid.uuid4().hex, names, durable=False)
+            self._memory_pending.update(names)
+        self._own_jobs.add(job.job_id)
+        return job
+
+    def complete(self, job: Job) -> None:
+        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
+        self._bump(job.names)
+        self.cache.writer.submit(lambda: self._run_job(job))
+
+    def _bump(self, names: Sequence[str]) -> None:
+        """New tokens for ``names``. If L1 can't take them (a full disk), this process stops
+        trusting L1 entries of those names until a later bump succeeds (see :meth:`run_due`)."""
+        try:
+            self.cache.l1.bump(names, now_ms())
+        except Exception:
+            self.cache.fault("l1_errors", "L1 invalidation failed")
+            self._untrusted.update(names)
+
+    def run_due(self) -> None:
+        """Writer tick: retries, late re-sweeps and jobs other processes left behind."""
+        if self._untrusted:
+            names = tuple(self._untrusted)
+            try:
+                self.cache.l1.bump(names, now_ms())
+                self._untrusted.difference_update(names)
+            except Exception:
+                pass  # still failing: those names stay untrusted, counted when they first failed
+        now = now_ms()
+        due = [job for at, job in self._memory_jobs if at <= now]
+        self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
+        try:
+            due.extend(self.cache.outbox.claim_due(now))
+        except Exception:
+            self.cache.fault("l1_errors", "reading the invalidation outbox failed")
+        for job in due:
+            self._run_job(job)
+
+    def _run_job(self, job: Job) -> None:
+        """Sweep L2 for one job; on failure reschedule it with a backoff."""
+        if job.sweep == 1 and job.job_id not in self._own_jobs:
+            self._bump(job.names)  # its writer may have died before bumping L1
+        # results whose query started after this point are fresh: the write had committed
+        before_ms = job.before_ms if job.before_ms is not None else now_ms()
+        job = replace(job, before_ms=before_ms)
+        if not self._sweep(job.names, before_ms):
+            self._retry(job)
+            return
+        self._own_jobs.discard(job.job_id)
+        try:
+            if job.durable:
+                self.cache.outbox.done(job)
+            if job.sweep == 1:
+                if job.durable:
+                    self.cache.l1.clear_pending(job.names, job.job_id)
+                else:
+                    self._memory_pending.subtract(job.names)
+                    self._memory_pending += Counter()  # drops the names that reached zero
+                # KV's list may not yet show other hosts' markers, and another host's write that
+                # started before ours may still be in flight (at most max_put_delay): again.
+                self._schedule(replace(job, sweep=2, attempts=0),
+                               int(self.cache.propagation_delay * 1000) + self.cache.max_put_delay_ms)
+        except Exception:
+            self.cache.fault("l1_errors", "updating the invalidation outbox failed")
+
+    def _retry(self, job: Job) -> None:
+        try:
+            if job.durable:
+                self.cache.outbox.retry(job, now_ms())
+                return
+        except Exception:
+            self.cache.fault("l1_errors", "rescheduling an invalidation failed")
+        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
+        self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
+                                                            durable=False)))
+
+    def _schedule(self, job: Job, delay_ms: int) -> None:
+        """A further sweep after ``delay_ms``: in the outbox, or in memory without an L1."""
+        if job.durable:
+            self.cache.outbox.add(job.names, now_ms() + delay_ms, sweep=job.sweep,
+                            before_ms=job.before_ms)
+        else:
+            self._memory_jobs.append((now_ms() + delay_ms, job))
+
+    def _sweep(self, names: Sequence[str], before_ms: int) -> bool:
+        """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
+        keys: List[str] = []
+        for name in names:
+            ok, infos = self.cache.call_l2("L2 invalidation listing failed", self.cache.list_keys,
+                                 self.cache.layout.name_prefix(name))
+            if not ok:
+                return False
+            keys.extend(self.cache.layout.keys_to_delete(infos or (), before_ms + self.cache.clock_skew_ms))
+        return not keys or self.cache.delete_keys(sorted(set(keys)))
