@@ -56,7 +56,9 @@ class Sweeper:
         return job
 
     def complete(self, job: Job) -> None:
-        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background."""
+        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background.
+        Results whose query started after this moment saw the committed write: sweeps keep them."""
+        job = replace(job, before_ms=now_ms())
         self._bump(job.names)
         self.cache.writer.submit(lambda: self._run_job(job))
 
@@ -92,7 +94,7 @@ class Sweeper:
         """Sweep L2 for one job; on failure reschedule it with a backoff."""
         if job.sweep == 1 and job.job_id not in self._own_jobs:
             self._bump(job.names)  # its writer may have died before bumping L1
-        # results whose query started after this point are fresh: the write had committed
+        # a recovered job doesn't know when its write committed: now is safely later
         before_ms = job.before_ms if job.before_ms is not None else now_ms()
         job = replace(job, before_ms=before_ms)
         if not self._sweep(job.names, before_ms):
