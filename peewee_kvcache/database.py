@@ -2,8 +2,9 @@
 
 Reads: ``execute(query)`` serves cacheable selects from the cache. Writes: every statement that
 reaches ``execute_sql`` (query objects and raw SQL alike) is analysed, and the tables it changes
-(plus the tables their cascading foreign keys change) are invalidated: at once in autocommit, and
-again at COMMIT inside a transaction, before Peewee runs the user's after-commit callbacks.
+(plus the tables their cascading foreign keys change) are invalidated: right after the statement
+in autocommit; inside a transaction at COMMIT (until then its reads of those tables bypass the
+cache), before Peewee runs the user's after-commit callbacks.
 
 Transaction state is per thread (as Peewee's connection state is) and is taken *before* COMMIT or
 ROLLBACK is sent, so a failure there can never leave state behind that would swallow later
