@@ -60,10 +60,11 @@ def namespace(server: Dict[str, str], **options: Any) -> CloudflareKVNamespace:
 def first_sweeps(outbox: Any) -> int:
     """Commit-time sweeps (sweep 1) waiting in an outbox; late re-sweeps are not counted."""
     count = 0
-    for key in list(outbox.jobs.iterkeys()):
-        raw = outbox.jobs.get(key)
-        if raw is not None and msgpack.unpackb(raw)[1] == 1:
-            count += 1
+    with outbox.jobs.transact():  # a consistent view: a lease re-keys a job under us otherwise
+        for key in list(outbox.jobs.iterkeys()):
+            raw = outbox.jobs.get(key)
+            if raw is not None and msgpack.unpackb(raw)[1] == 1:
+                count += 1
     return count
 
 
