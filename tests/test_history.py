@@ -48,8 +48,9 @@ L1_MAX_AGE = 1.0
 MAX_PUT_DELAY = 1.0
 PROPAGATION = 0.0
 OUTBOX_LEASE = 2.0
-#: scheduling slack on a loaded 2-core machine (4 workers, PostgreSQL and the KV server)
-MARGIN = 0.5
+#: scheduling slack: the writer's 0.25 s tick plus CPU scheduling on a loaded 2-core machine
+#: (4 workers, PostgreSQL, the KV server, and in CI a second tox environment); 2.51 s was seen
+MARGIN = 1.0
 BOUND = L1_MAX_AGE + MAX_PUT_DELAY + PROPAGATION + MARGIN
 CACHE_OPTIONS = dict(l1_max_age=L1_MAX_AGE, max_put_delay=MAX_PUT_DELAY,
                      propagation_delay=PROPAGATION, outbox_lease=OUTBOX_LEASE)
