@@ -111,9 +111,11 @@ class Sweeper:
                     self._memory_pending.subtract(job.names)
                     self._memory_pending += Counter()  # drops the names that reached zero
                 # KV's list may not yet show other hosts' markers, and another host's write that
-                # started before ours may still be in flight (at most max_put_delay): again.
+                # started before ours may still be in flight (at most max_put_delay): again,
+                # timed from the write (not from this sweep, which may have run late).
                 self._schedule(replace(job, sweep=2, attempts=0),
-                               int(self.cache.propagation_delay * 1000) + self.cache.max_put_delay_ms)
+                               before_ms + int(self.cache.propagation_delay * 1000)
+                               + self.cache.max_put_delay_ms)
         except Exception:
             self.cache.fault("l1_errors", "updating the invalidation outbox failed")
 
@@ -128,13 +130,12 @@ class Sweeper:
         self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
                                                             durable=False)))
 
-    def _schedule(self, job: Job, delay_ms: int) -> None:
-        """A further sweep after ``delay_ms``: in the outbox, or in memory without an L1."""
+    def _schedule(self, job: Job, due_ms: int) -> None:
+        """A further sweep due at ``due_ms``: in the outbox, or in memory without an L1."""
         if job.durable:
-            self.cache.outbox.add(job.names, now_ms() + delay_ms, sweep=job.sweep,
-                            before_ms=job.before_ms)
+            self.cache.outbox.add(job.names, due_ms, sweep=job.sweep, before_ms=job.before_ms)
         else:
-            self._memory_jobs.append((now_ms() + delay_ms, job))
+            self._memory_jobs.append((due_ms, job))
 
     def _sweep(self, names: Sequence[str], before_ms: int) -> bool:
         """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
