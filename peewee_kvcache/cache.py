@@ -54,17 +54,22 @@ def default_directory(kind: str) -> str:
     return os.path.join(platformdirs.user_cache_dir("peewee_kvcache"), kind)
 
 
-def digest_of(*parts: bytes) -> str:
-    """Key hash: 160-bit BLAKE2b, hex (keys never contain SQL, parameters or data)."""
-    return digest_from(hashlib.blake2b(digest_size=20), *parts)
+def key_hash(*parts: bytes) -> "hashlib._Hash":
+    """Key hash state: 160-bit BLAKE2b fed length-prefixed ``parts`` (keys never contain SQL,
+    parameters or data, only this hash)."""
+    return feed(hashlib.blake2b(digest_size=20), *parts)
 
 
-def digest_from(h: "hashlib._Hash", *parts: bytes) -> str:
-    """Finish a hash (possibly a copy of a prefix state) with length-prefixed ``parts``."""
+def feed(h: "hashlib._Hash", *parts: bytes) -> "hashlib._Hash":
+    """Add length-prefixed ``parts``, so no two part lists hash the same bytes."""
     for part in parts:
         h.update(len(part).to_bytes(8, "big"))
         h.update(part)
-    return h.hexdigest()
+    return h
+
+
+def digest_of(*parts: bytes) -> str:
+    return key_hash(*parts).hexdigest()
 
 
 class CloudflareKVCache:

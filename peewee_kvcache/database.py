@@ -24,7 +24,7 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from . import notify
-from .cache import CloudflareKVCache, digest_from
+from .cache import CloudflareKVCache, feed, key_hash
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .config import now_ms
 from .cursor import CachedCursor
@@ -91,10 +91,7 @@ class CachedDatabase:
         if cached is None:
             if len(self._kv_sql_hashes) >= 4096:
                 self._kv_sql_hashes.clear()
-            cached = hashlib.blake2b(digest_size=20)
-            for part in (self._identity(), sql.encode()):
-                cached.update(len(part).to_bytes(8, "big"))
-                cached.update(part)
+            cached = key_hash(self._identity(), sql.encode())
             self._kv_sql_hashes[sql] = cached
         return cached.copy()
 
@@ -134,8 +131,8 @@ class CachedDatabase:
             self.cache.counters.incr("bypassed_in_transaction")
             return self._run(sql, params)
         try:
-            digest = digest_from(self._sql_hash(sql), encode_params(params or ()),
-                                 tag_digest_part(options.tags, options.auto_invalidate))
+            digest = feed(self._sql_hash(sql), encode_params(params or ()),
+                          tag_digest_part(options.tags, options.auto_invalidate)).hexdigest()
         except UnsupportedValue as exc:
             log.debug("peewee_kvcache: not caching: %s", exc)
             self.cache.counters.incr("uncacheable")
