@@ -13,10 +13,12 @@ token store can never revive an old stamp.
 """
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import random
 import struct
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -25,8 +27,21 @@ import diskcache
 import msgpack
 
 _SEQ = "seq"
+_UNBUMPED = "unbumped"
 _BASE = "base"
 _U64 = struct.Struct("<Q")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a pid of another PID namespace counts as dead: its flags
+    are then bumped early, which is safe)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class L1Unavailable(RuntimeError):
@@ -109,7 +124,7 @@ class L1Store:
         self._init_counter()
         self.counter = SharedCounter(os.path.join(directory, "counter.bin"))
         self.counter.publish(self.seq())
-        self._snapshot: Tuple[Optional[int], Dict[str, int]] = (None, {})
+        self._snapshot: Tuple[Optional[int], Dict[str, int], Dict[str, str]] = (None, {}, {})
         self.meta.add("l1_id", uuid.uuid4().hex)
         #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
         self.l1_id: str = self.meta.get("l1_id")
@@ -132,9 +147,11 @@ class L1Store:
             self.counter.publish(int(value))
         return int(value)
 
-    def bump(self, names: Iterable[str], at_ms: Optional[int] = None) -> int:
+    def bump(self, names: Iterable[str], at_ms: Optional[int] = None,
+             release: Optional[str] = None) -> int:
         """Give every name a fresh token, killing every entry stamped with the old one, and
-        remember when (wall clock, ``at_ms``): L2 entries computed before then are stale here."""
+        remember when (wall clock, ``at_ms``): L2 entries computed before then are stale here.
+        ``release``: the invalidation (see :meth:`mark_pending`) whose unbumped flags this ends."""
         names = list(names)
         with self.meta.transact():
             self.seq()
@@ -143,6 +160,8 @@ class L1Store:
                 self.meta.set("v:" + name, token)
                 if at_ms is not None:
                     self.meta.set("i:" + name, at_ms)
+            if release is not None:
+                self._release(names, release)
         self.counter.publish(token)
         return token
 
@@ -165,17 +184,21 @@ class L1Store:
         return tuple(int(v) for v in values)  # type: ignore[arg-type]
 
     def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
-        """True while no name in the stamp has been bumped.
+        """True while no name in the stamp has been bumped, and none awaits a bump.
 
-        The hit path reads the shared counter, not one key per name: every bump publishes a new
-        counter value after committing its tokens, so tokens read after seeing the counter at S
-        are still current while it reads S. They are kept per S in this process.
+        The hit path reads the shared counter, not one key per name: every bump (and every
+        change of the unbumped flags) publishes a new counter value after committing, so tokens
+        and flags read after seeing the counter at S are still current while it reads S. They
+        are kept per S in this process.
         """
         seq = self.counter.read()
         snapshot = self._snapshot
         if snapshot[0] != seq:
-            snapshot = self._snapshot = (seq, {})
-        known = snapshot[1]
+            snapshot = self._snapshot = (seq, {}, self._unbumped())
+        known, unbumped = snapshot[1], snapshot[2]
+        if unbumped and not unbumped.keys().isdisjoint(names):
+            self._recover_unbumped(unbumped, names)
+            return False
         for name, token in zip(names, tokens):
             current = known.get(name)
             if current is None:
@@ -188,13 +211,48 @@ class L1Store:
         return True
 
     def mark_pending(self, names: Iterable[str], marker: str) -> None:
-        """Flag names whose L2 invalidation is under way: L2 must not be read for them until the
-        sweep ``marker`` succeeded (the flag outlives a crash; the outbox finishes the sweep)."""
+        """Flag names whose invalidation ``marker`` is under way, before the write commits.
+
+        Pending (``p:``): L2 must not be read for them until the sweep succeeded. Unbumped: no
+        process on this host trusts their L1 entries until :meth:`bump` releases ``marker``. Both
+        flags outlive a crash: a process killed between its COMMIT and its bump leaves them, and
+        the first process to meet an unbumped flag of a dead owner bumps in its place (the
+        outbox finishes the sweep)."""
+        names = list(names)
+        with self.meta.transact():
+            for name in names:
+                self.meta.set("p:" + name, marker)
+            unbumped = self._unbumped()
+            unbumped.update((name, f"{os.getpid()}:{marker}") for name in names)
+            self.meta.set(_UNBUMPED, json.dumps(unbumped))
+            self.seq()
+            seq = self.meta.incr(_SEQ)  # a new counter value tells every process to reload flags
+        self.counter.publish(seq)
+
+    def _unbumped(self) -> Dict[str, str]:
+        """Names awaiting their post-commit bump: name -> "owner pid:invalidation"."""
+        raw = self.meta.get(_UNBUMPED)
+        return json.loads(raw) if raw else {}
+
+    def _release(self, names: Iterable[str], marker: str) -> None:
+        """Inside a transaction: drop ``marker``'s unbumped flags (a later writer's flags stay)."""
+        unbumped = self._unbumped()
+        mine = [name for name in names if unbumped.get(name, "").partition(":")[2] == marker]
+        if mine:
+            for name in mine:
+                del unbumped[name]
+            self.meta.set(_UNBUMPED, json.dumps(unbumped))
+
+    def _recover_unbumped(self, unbumped: Dict[str, str], names: Sequence[str]) -> None:
+        """Bump in the place of a dead owner: its write may have committed (a bump is always
+        safe; a live owner bumps again after its commit)."""
         for name in names:
-            self.meta.set("p:" + name, marker)
+            owner = unbumped.get(name)
+            if owner is not None and not _alive(int(owner.partition(":")[0])):
+                self.bump([name], int(time.time() * 1000), owner.partition(":")[2])
 
     def clear_pending(self, names: Iterable[str], marker: str) -> None:
-        """Lift this invalidation's flags, unless a later invalidation took them over."""
+        """Lift this invalidation's L2 flags, unless a later invalidation took them over."""
         with self.meta.transact():
             for name in names:
                 if self.meta.get("p:" + name) == marker:

@@ -59,14 +59,16 @@ class Sweeper:
         """After the write: new tokens at once (read-your-writes), the L2 sweep in the background.
         Results whose query started after this moment saw the committed write: sweeps keep them."""
         job = replace(job, before_ms=now_ms())
-        self._bump(job.names)
+        self._bump(job.names, job.job_id)
         self.cache.writer.submit(lambda: self._run_job(job))
 
-    def _bump(self, names: Sequence[str]) -> None:
-        """New tokens for ``names``. If L1 can't take them (a full disk), this process stops
-        trusting L1 entries of those names until a later bump succeeds (see :meth:`run_due`)."""
+    def _bump(self, names: Sequence[str], job_id: str) -> None:
+        """New tokens for ``names``, releasing job ``job_id``'s unbumped flags. If L1 can't take
+        them (a full disk), this process stops trusting L1 entries of those names until a later
+        bump succeeds (see :meth:`run_due`); the flags stay, so this host's other processes
+        don't trust them either."""
         try:
-            self.cache.l1.bump(names, now_ms())
+            self.cache.l1.bump(names, now_ms(), job_id)
         except Exception:
             self.cache.fault("l1_errors", "L1 invalidation failed")
             self._untrusted.update(names)
@@ -93,7 +95,7 @@ class Sweeper:
     def _run_job(self, job: Job) -> None:
         """Sweep L2 for one job; on failure reschedule it with a backoff."""
         if job.sweep == 1 and job.job_id not in self._own_jobs:
-            self._bump(job.names)  # its writer may have died before bumping L1
+            self._bump(job.names, job.job_id)  # its writer may have died before bumping L1
         # a recovered job doesn't know when its write committed: now is safely later
         before_ms = job.before_ms if job.before_ms is not None else now_ms()
         job = replace(job, before_ms=before_ms)

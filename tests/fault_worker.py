@@ -70,7 +70,8 @@ def first_sweeps(outbox: Any) -> int:
 
 def _write(args: Dict[str, Any]) -> None:
     cache = CloudflareKVCache(namespace(args["server"], **args.get("client", {})),
-                              l1_directory=args["l1"], outbox_lease=1, propagation_delay=0)
+                              l1_directory=args["l1"], outbox_lease=args.get("outbox_lease", 1),
+                              propagation_delay=0)
     db = CachedSqliteDatabase(args["db"], cache=cache)
     db.bind(MODELS)
     if args.get("die_before_bump"):
