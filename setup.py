@@ -23,6 +23,7 @@ setup(
     install_requires=[
         "peewee>=3.17",
         "requests>=2.28",
+        "urllib3>=1.26",  # imported directly: Retry, and its exception types
         "diskcache>=5.6",
         "sqlglot>=30,<31",
         "msgpack>=1.0",

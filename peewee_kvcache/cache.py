@@ -21,7 +21,7 @@ from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, 
                     decode_entry_full, encode_entry)
 from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
 from .index import KeyLayout
-from .kv.base import KeyInfo, KVError, KVNamespace, KVPair
+from .kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from .kv.cloudflare import BudgetExhausted
 from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from .kv.local import LocalKVNamespace
@@ -358,7 +358,8 @@ class CloudflareKVCache:
             return self.layout.entry_pairs(digest, payload, names, expiration, started)
 
         self.writer.submit(PutTask(max(1, len(names) - 1), build,
-                                   lambda: self._still_current(names, tokens), started))
+                                   lambda: self._still_current(names, tokens), started,
+                                   tuple(names)))
         return True
 
     def _live_expiry(self, digest: str, names: Sequence[str]) -> Optional[int]:
@@ -401,7 +402,8 @@ class CloudflareKVCache:
         pairs = [pair for _, task_pairs in live for pair in task_pairs]
         if not pairs:
             return
-        ok, failed = self.call_l2("L2 bulk write failed", self.namespace.bulk_put, pairs)
+        ok, failed = self.call_l2("L2 bulk write failed", self._bulk_put,
+                                  [task for task, _ in live], pairs)
         if not ok:
             return
         if failed:
@@ -412,6 +414,17 @@ class CloudflareKVCache:
                  for pair in task_pairs]
         if stale:
             self.delete_keys(stale)
+
+    def _bulk_put(self, tasks: List[PutTask], pairs: List[KVPair]) -> List[str]:
+        """``bulk_put``; a write whose outcome is unknown may land after every sweep meant to
+        remove it, so its names are swept once more when it can no longer land."""
+        try:
+            return self.namespace.bulk_put(pairs)
+        except KVOutcomeUnknown:
+            self.counters.incr("l2_puts_unknown")
+            self.sweeper.sweep_late_write({name for task in tasks for name in task.names},
+                                          max(task.started_ms for task in tasks))
+            raise
 
     def call_l2(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
         """One L2 call through the circuit breaker: (True, result), or (False, None) after

@@ -15,7 +15,7 @@ COUNTERS = (
     "bypassed_in_transaction", "invalidations", "l1_errors", "l2_errors", "codec_errors",
     "bad_signatures", "oversized", "l2_skipped_pending", "l2_budget_skipped", "l2_circuit_open",
     "l1_rechecks", "remote_evictions", "stampede_waits", "l2_stale_rejected",
-    "l2_puts_dropped_late",
+    "l2_puts_dropped_late", "l2_puts_unknown",
 )
 
 
@@ -68,6 +68,7 @@ class CacheStats:
     stampede_waits: int
     l2_stale_rejected: int
     l2_puts_dropped_late: int
+    l2_puts_unknown: int
     l1_entries: int = 0
     l1_volume_bytes: int = 0
     pending_l2_work: int = 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .config import now_ms
+from .index import EVERYTHING
 from .outbox import MAX_BACKOFF_MS, Job
 
 if TYPE_CHECKING:
@@ -61,6 +62,24 @@ class Sweeper:
         job = replace(job, before_ms=now_ms())
         self._bump(job.names, job.job_id)
         self.cache.writer.submit(lambda: self._run_job(job))
+
+    def sweep_late_write(self, names: Iterable[str], before_ms: int) -> None:
+        """An L2 write whose outcome is unknown (it timed out) may still land, after the sweeps
+        meant to remove it. It is assumed to land within ``max_put_delay``: sweep the entries'
+        names once that (and ``propagation_delay``) has passed, deleting results computed up to
+        ``before_ms`` (the latest of its queries' starts). "Everything" is left out: its prefix
+        is every table's, and each entry is also listed under its own tables and tags."""
+        indexed = tuple(sorted(set(names) - {EVERYTHING}))
+        if not indexed:
+            return  # entries that depend on nothing are never invalidated: nothing can be stale
+        due = (now_ms() + self.cache.max_put_delay_ms
+               + int(self.cache.propagation_delay * 1000))
+        job = Job("late-" + uuid.uuid4().hex, indexed, sweep=2, before_ms=before_ms)
+        try:
+            self._schedule(job, due)
+        except Exception:
+            self.cache.fault("l1_errors", "recording a late-write sweep failed")
+            self._schedule(replace(job, durable=False), due)
 
     def _bump(self, names: Sequence[str], job_id: str) -> None:
         """New tokens for ``names``, releasing job ``job_id``'s unbumped flags. If L1 can't take

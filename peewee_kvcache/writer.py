@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, List, Optional, Union
+from typing import Callable, Deque, List, Optional, Tuple, Union
 
 from .kv.base import KVPair
 
@@ -32,6 +32,8 @@ class PutTask:
     build: Callable[[int], List[KVPair]]
     still_valid: Callable[[], bool]
     started_ms: int
+    #: the entry's stamp names: swept again if the write's outcome is unknown (it may land late)
+    names: Tuple[str, ...] = ()
 
 
 Task = Union[PutTask, Callable[[], None]]

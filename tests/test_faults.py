@@ -376,6 +376,30 @@ def spawn(args: Dict) -> subprocess.Popen:
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def test_a_kv_write_that_times_out_and_lands_late_is_swept_again(server, kv_cache, make_db):
+    """Host A's bulk write times out on the client (KV holds it 1.4 s); host B's write and both
+    of its sweeps pass before it lands. The abandoned write must not survive in L2: it is never
+    resent, and A sweeps its names again once it can no longer land (max_put_delay)."""
+    a = kv_cache("l1-a", client=dict(timeout=(0.5, 1.0)), max_put_delay=1)
+    b = kv_cache("l1-b", max_put_delay=1)
+    db_a = make_db(a)
+    Item.create(name="old")
+    db_b = make_db(b, create=False)
+    server.inject(Fault("latency", endpoint="bulk_put", times=1, delay=1.4))
+    with db_a.bind_ctx(MODELS):
+        assert names() == ["old"]                        # A's write is queued (0.2 s linger)
+    landed_by = time.monotonic() + 0.2 + 1.4 + 0.2       # linger + KV's delay + slack
+    with db_b.bind_ctx(MODELS):
+        Item.update(name="new").execute()                # B's write, before A's write lands
+    assert a.drain(10) and b.drain(10)
+    time.sleep(max(0.0, landed_by - time.monotonic()))   # the abandoned request has landed
+    assert wait_for(lambda: len(a.outbox) == 0 and len(b.outbox) == 0, 10)  # every sweep ran
+    assert counters(a)["l2_puts_unknown"] == 1
+    fresh = kv_cache("l1-fresh")                         # a new host: empty L1, same KV
+    with make_db(fresh, create=False).bind_ctx(MODELS):
+        assert names() == ["new"]
+
+
 @pytest.mark.parametrize("reader", ["running", "started-later"])
 def test_kill_9_between_commit_and_bump_no_process_on_the_host_serves_the_old_row(
         reader, server, kv_cache, make_db, tmp_path):

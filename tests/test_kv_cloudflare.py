@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from peewee_kvcache.kv import cloudflare, limits
-from peewee_kvcache.kv.base import KVError, KVNamespace, KVPair
+from peewee_kvcache.kv.base import KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from peewee_kvcache.kv.cloudflare import BudgetExhausted, CloudflareKVNamespace, RequestBudget
 from peewee_kvcache.kv.local import LocalKVNamespace
 from peewee_kvcache.kv.server import Fault, KVServer
@@ -359,9 +359,35 @@ def test_query_path_read_fails_fast_by_default(server):
     assert time.monotonic() - started < 2.6
     assert server.counts()["get"] == 1
     server.clear_faults()
-    server.inject(Fault("status", status=503, times=1))
-    client.put("k", b"v")                       # the write path retried past the 503
+    server.inject(Fault("rate_limit", retry_after=0, times=1))
+    client.put("k", b"v")                       # the write path retried past the 429
     assert server.counts()["put"] == 2 and client.get("k") == b"v"
+
+
+@pytest.mark.parametrize("fault", [Fault("timeout", delay=1), Fault("drop"),
+                                   Fault("status", status=503)], ids=lambda f: f.kind)
+@pytest.mark.parametrize("call", [lambda c: c.put("k", b"v"),
+                                  lambda c: c.bulk_put([KVPair("k", b"v")])],
+                         ids=["put", "bulk_put"])
+def test_a_write_that_may_have_landed_is_never_resent(server, fault, call):
+    """A resent write can land before the abandoned one, which then lands after the sweep meant
+    to remove it: writes without an answer are reported as unknown, never retried."""
+    client = connect(server, timeout=(1, 0.3), retries=3)
+    server.inject(fault)
+    with pytest.raises(KVOutcomeUnknown):
+        call(client)
+    assert sum(server.counts()[e] for e in ("put", "bulk_put")) == 1
+
+
+def test_a_write_that_never_connected_is_a_plain_kverror():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = CloudflareKVNamespace("a", "n", TOKEN, base_url=f"http://127.0.0.1:{port}/v4",
+                                   retries=1, backoff_factor=0.01, budget=None)
+    with pytest.raises(KVError) as info:
+        client.bulk_put([KVPair("k", b"v")])
+    assert not isinstance(info.value, KVOutcomeUnknown)
 
 
 def test_dropped_connection_is_retried(server, client):

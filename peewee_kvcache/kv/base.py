@@ -19,6 +19,11 @@ class KVError(Exception):
         self.status = status
 
 
+class KVOutcomeUnknown(KVError):
+    """A write was sent but its answer never came (or was a server error): it may have been
+    applied, or may still be applied later. The caller must assume it lands late."""
+
+
 @dataclass(frozen=True)
 class KVPair:
     """One value to write; ``expiration`` is absolute unix seconds, ``expiration_ttl`` relative."""

@@ -21,11 +21,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
 from . import limits
-from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
+from .base import KVError, KVNamespace, KVOutcomeUnknown, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,19 @@ class CloudflareKVNamespace(KVNamespace):
         # ``get`` runs on a query's path: its own short timeout and few retries bound the
         # latency a failing KV adds to a query; background writes keep the patient settings.
         self._read_session = self._new_session(api_token, read_retries, backoff_factor)
+        # A write whose answer did not come may still land after a retry did, and after the
+        # invalidation that should have removed it: writes are resent only when KV refused them
+        # (429) or the connection never opened; any other failure is reported as unknown.
+        self._write_session = self._new_session(api_token, retries, backoff_factor, resend=False)
 
     @staticmethod
-    def _new_session(api_token: str, retries: int, backoff_factor: float) -> requests.Session:
+    def _new_session(api_token: str, retries: int, backoff_factor: float,
+                     resend: bool = True) -> requests.Session:
+        """``resend=False``: no retry after a request may have reached KV (read errors, 5xx)."""
         retry = _Retry(total=retries, backoff_factor=backoff_factor,
-                       status_forcelist=_RETRY_STATUSES, allowed_methods=None,
-                       respect_retry_after_header=True, raise_on_status=False)
+                       status_forcelist=_RETRY_STATUSES if resend else frozenset([429]),
+                       allowed_methods=None, respect_retry_after_header=True,
+                       raise_on_status=False, **({} if resend else {"read": 0, "other": 0}))
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {api_token}"
         adapter = HTTPAdapter(max_retries=retry)
@@ -200,14 +208,15 @@ class CloudflareKVNamespace(KVNamespace):
         if self.budget is not None and not self.budget.try_acquire(requests_needed):
             raise BudgetExhausted(f"request budget exhausted ({self.budget!r}); nothing was sent")
 
-    def _send(self, method: str, path: str, *, read: bool = False,
+    def _send(self, method: str, path: str, *, read: bool = False, write: bool = False,
               **kwargs: Any) -> requests.Response:
-        """One request (with urllib3's retries; ``read`` selects the query-path session).
-        Failures become KVError built outside the ``except`` block, so no chained requests
-        exception (holding the headers) travels along."""
+        """One request (with urllib3's retries; ``read`` selects the query-path session,
+        ``write`` the one that never resends). A write that may have reached KV without an
+        answer raises KVOutcomeUnknown. Failures become KVError built outside the ``except``
+        block, so no chained requests exception (holding the headers) travels along."""
         started = time.monotonic()
         session, timeout = ((self._read_session, self._read_timeout) if read
-                            else (self._session, self._timeout))
+                            else (self._write_session if write else self._session, self._timeout))
         try:
             response = session.request(method, self._root + path, timeout=timeout,
                                        allow_redirects=False, **kwargs)
@@ -217,11 +226,19 @@ class CloudflareKVNamespace(KVNamespace):
             reason = type(exc).__name__
             if isinstance(root, BaseException):
                 reason += f" ({type(root).__name__})"
+            # a connection that never opened carried nothing; any other failure may have
+            maybe_sent = not (isinstance(exc, requests.ConnectTimeout)
+                              or isinstance(root, urllib3.exceptions.NewConnectionError))
         else:
             log.debug("%s %s -> %s in %.3fs", method, path, response.status_code,
                       time.monotonic() - started)
+            if write and response.status_code >= 500:
+                raise KVOutcomeUnknown(f"{method} {path} failed: HTTP {response.status_code}",
+                                       None, response.status_code)
             return response
         log.debug("%s %s failed: %s", method, path, reason)
+        if write and maybe_sent:
+            raise KVOutcomeUnknown(f"{method} {path} failed: {reason}")
         raise KVError(f"{method} {path} failed: {reason}")
 
     def _call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -312,21 +329,23 @@ class CloudflareKVNamespace(KVNamespace):
         else:
             body = {"files": [("value", (None, checked.value, "application/octet-stream")),
                               ("metadata", (None, checked.metadata, "application/json"))]}
-        self._envelope(self._call("PUT", self._path("values", key), params=params, **body), "put")
+        self._envelope(self._call("PUT", self._path("values", key), params=params, write=True,
+                                  **body), "put")
 
     def delete(self, key: str) -> None:
         response = self._call("DELETE", self._path("values", key))
         if not self._missing(response):
             self._envelope(response, "delete")
 
-    def _bulk(self, method: str, path: str, items: List[bytes], max_items: int) -> List[str]:
+    def _bulk(self, method: str, path: str, items: List[bytes], max_items: int,
+              write: bool = False) -> List[str]:
         """Send pre-encoded items in as few requests as KV allows, paying for all of them up
         front so a budget that cannot cover the whole call sends nothing."""
         bodies = list(_json_array(items, max_items))
         self._spend(len(bodies))
         unsuccessful: List[str] = []
         for body in bodies:
-            response = self._send(method, path, data=body,
+            response = self._send(method, path, write=write, data=body,
                                   headers={"Content-Type": "application/json"})
             result = self._envelope(response, path).get("result")
             with self._parsing(path):
@@ -352,7 +371,7 @@ class CloudflareKVNamespace(KVNamespace):
             if pair.metadata is not None:
                 item["metadata"] = pair.metadata
             items.append(_encode(item))
-        return self._bulk("PUT", "/bulk", items, limits.BULK_WRITE_MAX_ITEMS)
+        return self._bulk("PUT", "/bulk", items, limits.BULK_WRITE_MAX_ITEMS, write=True)
 
     def bulk_delete(self, keys: Sequence[str]) -> List[str]:
         items = []
@@ -397,3 +416,4 @@ class CloudflareKVNamespace(KVNamespace):
     def close(self) -> None:
         self._session.close()
         self._read_session.close()
+        self._write_session.close()
