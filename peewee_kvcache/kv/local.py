@@ -2,7 +2,8 @@
 
 Processes and threads may share one directory: SQLite in WAL mode lets readers run beside a writer;
 writers take the write lock up front (BEGIN IMMEDIATE) so they queue on the busy timeout instead of
-failing on a lock upgrade; each thread (and each forked process) gets its own connection.
+failing on a lock upgrade; each thread (and each forked process) gets its own connection, which only
+that thread uses and which is never closed while a statement runs on it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
+from .. import forksafe
 from . import limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
@@ -63,6 +65,28 @@ def _store_errors() -> Iterator[None]:
         raise KVError(f"local KV store failed: {exc}") from exc
 
 
+class _Handle:
+    """One thread's connection. Its lock is held for every use and for closing it, so a
+    connection is never closed under a running statement (SQLite would crash, not raise)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.thread = threading.current_thread()
+        self.closed = False
+
+    def close_if_idle(self) -> bool:
+        """Close now unless its thread is using it (that thread then closes it when done)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self.closed = True
+            self.conn.close()
+        finally:
+            self.lock.release()
+        return True
+
+
 class LocalKVNamespace(KVNamespace):
     """A KV namespace kept in ``<directory>/kv.sqlite3``; every KV limit is enforced."""
 
@@ -73,10 +97,10 @@ class LocalKVNamespace(KVNamespace):
         self._path = os.path.join(self.directory, "kv.sqlite3")
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._connections: Dict[int, sqlite3.Connection] = {}
-        self._inherited: List[sqlite3.Connection] = []
+        self._handles: Dict[int, _Handle] = {}
+        self._inherited: List[_Handle] = []
         self._closed = False
+        forksafe.after_fork_in_child(self._after_fork)
         with self._write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -84,31 +108,56 @@ class LocalKVNamespace(KVNamespace):
     def __repr__(self) -> str:
         return f"LocalKVNamespace({self.directory!r})"
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        with self._lock:
-            if self._closed:
-                raise KVError(f"{self!r} is closed")
-            if os.getpid() != self._pid:
-                # SQLite handles must not cross fork(); closing them in the child could checkpoint
-                # or remove the parent's WAL, so they are kept unreferenced-but-alive instead.
-                self._inherited.extend(self._connections.values())
-                self._connections, self._pid = {}, os.getpid()
-            conn = self._connections.get(threading.get_ident())
-            if conn is None:
-                conn = sqlite3.connect(self._path, timeout=self._busy_timeout,
-                                       isolation_level=None, check_same_thread=False)
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                self._connections[threading.get_ident()] = conn
-            return conn
+    def _after_fork(self) -> None:
+        """SQLite handles must not cross fork(), and closing them in the child could checkpoint
+        or remove the parent's WAL: they are kept unreferenced-but-alive instead."""
+        self._lock = threading.Lock()
+        self._inherited.extend(self._handles.values())
+        self._handles = {}
+
+    def _handle(self) -> _Handle:
+        """This thread's connection, opened on first use (dead threads' ones closed then)."""
+        ident = threading.get_ident()
+        handle = self._handles.get(ident)
+        if handle is not None and handle.thread is threading.current_thread():
+            return handle
+        if self._closed:
+            raise KVError(f"{self!r} is closed")
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                if self._closed:
+                    raise KVError(f"{self!r} is closed")
+                for key, other in list(self._handles.items()):  # idle: their threads ended
+                    if not other.thread.is_alive() and other.close_if_idle():
+                        del self._handles[key]
+                handle = self._handles[ident] = _Handle(conn)
+        except BaseException:
+            conn.close()  # nobody else ever saw it
+            raise
+        return handle
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held against :meth:`close` for the block."""
+        handle = self._handle()
+        try:
+            with handle.lock:
+                if handle.closed:  # close() took it between the lookup and the lock
+                    raise KVError(f"{self!r} is closed")
+                yield handle.conn
+        finally:
+            if self._closed:  # close() may have found it busy and left it to this thread
+                handle.close_if_idle()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; it also purges expired entries, so expiry needs no sweeper."""
-        with _store_errors():
-            conn = self._connection()
+        with _store_errors(), self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -120,8 +169,8 @@ class LocalKVNamespace(KVNamespace):
                 raise
 
     def _read(self, sql: str, params: Sequence[Any]) -> List[tuple]:
-        with _store_errors():
-            return self._connection().execute(sql, params).fetchall()
+        with _store_errors(), self._connection() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def get(self, key: str) -> Optional[bytes]:
         found = self.get_with_metadata(key)
@@ -200,10 +249,10 @@ class LocalKVNamespace(KVNamespace):
             conn.execute("DELETE FROM kv")
 
     def close(self) -> None:
-        """Close this process's connections; later calls raise KVError."""
+        """Close this process's connections: idle ones now, busy ones by their threads when
+        their statement ends. Later calls raise KVError."""
         with self._lock:
             self._closed = True
-            if os.getpid() == self._pid:
-                for conn in self._connections.values():
-                    conn.close()
-            self._connections = {}
+            handles, self._handles = list(self._handles.values()), {}
+        for handle in handles:
+            handle.close_if_idle()
