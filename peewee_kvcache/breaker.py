@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from .config import check_number
+
 T = TypeVar("T")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
@@ -28,13 +30,8 @@ class CircuitBreaker:
 
     def __init__(self, fail_max: int = 5, reset_timeout: float = 30.0,
                  ignore: Callable[[BaseException], bool] = lambda exc: False):
-        if isinstance(fail_max, bool) or not isinstance(fail_max, int) or fail_max < 1:
-            raise ValueError(f"fail_max must be an int >= 1, got {fail_max!r}")
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, (int, float)) \
-                or reset_timeout <= 0:
-            raise ValueError(f"reset_timeout must be a positive number, got {reset_timeout!r}")
-        self.fail_max = fail_max
-        self.reset_timeout = float(reset_timeout)
+        self.fail_max = check_number("fail_max", fail_max, integer=True)
+        self.reset_timeout = float(check_number("reset_timeout", reset_timeout))
         self._ignore = ignore
         self._lock = threading.Lock()
         self._state = CLOSED

@@ -19,7 +19,7 @@ from . import index
 from .breaker import CircuitBreaker, CircuitOpenError
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     decode_entry_full, encode_entry)
-from .config import DEFAULT_CONFIG, CacheConfig, check_positive_int, now_ms
+from .config import DEFAULT_CONFIG, CacheConfig, check_number, now_ms
 from .index import KeyLayout
 from .kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from .kv.cloudflare import BudgetExhausted
@@ -90,21 +90,31 @@ class CloudflareKVCache:
                  memory_entries: int = 1000):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        check_positive_int("default_ttl", default_ttl)
+        check_number("default_ttl", default_ttl, integer=True)
         if not isinstance(prefix, str) or not prefix or len(prefix.encode()) > 64:
             raise ValueError(f"prefix must be a non-empty str of at most 64 bytes, got {prefix!r}")
         if secret is not None and not isinstance(secret, (str, bytes)):
             raise TypeError(f"secret must be str or bytes, got {type(secret).__name__}")
         if secret is not None and not secret:
             raise ValueError("secret must not be empty (an empty key signs nothing)")
-        if l1_max_age is not None and (isinstance(l1_max_age, bool) or
-                                       not isinstance(l1_max_age, (int, float)) or l1_max_age <= 0):
-            raise ValueError(f"l1_max_age must be a positive number of seconds or None, "
-                             f"got {l1_max_age!r}")
-        if isinstance(stampede_wait, bool) or not isinstance(stampede_wait, (int, float)) \
-                or stampede_wait < 0:
-            raise ValueError(f"stampede_wait must be a number of seconds >= 0, got "
-                             f"{stampede_wait!r}")
+        if namespace is not None and not isinstance(namespace, KVNamespace):
+            raise TypeError(f"namespace must be a KVNamespace (CloudflareKVNamespace or "
+                            f"LocalKVNamespace) or None, got {namespace!r}")
+        if l1_directory is not None and not isinstance(l1_directory, (str, os.PathLike)):
+            raise TypeError(f"l1_directory must be a path or None, got {l1_directory!r}")
+        if l1_directory is not None and not os.fspath(l1_directory):
+            raise ValueError(f"l1_directory must not be empty, got {l1_directory!r}")
+        for name, value in (("l1_max_age", l1_max_age), ("propagation_delay", propagation_delay)):
+            if value is not None:
+                check_number(name, value, zero_ok=name == "propagation_delay")
+        check_number("l1_size_limit", l1_size_limit, integer=True)
+        check_number("breaker_fail_max", breaker_fail_max, integer=True)
+        check_number("breaker_reset_timeout", breaker_reset_timeout)
+        check_number("outbox_lease", outbox_lease)
+        check_number("stampede_wait", stampede_wait, zero_ok=True)
+        check_number("max_put_delay", max_put_delay)
+        check_number("clock_skew", clock_skew, zero_ok=True)
+        check_number("memory_entries", memory_entries, integer=True, zero_ok=True)
         self.stampede_wait = float(stampede_wait)
         self.max_put_delay_ms = int(max_put_delay * 1000)
         self.clock_skew_ms = int(clock_skew * 1000)
@@ -115,7 +125,8 @@ class CloudflareKVCache:
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self.namespace = namespace if namespace is not None else LocalKVNamespace(
             default_directory("kv"))
-        l1_directory = l1_directory or default_directory("l1")
+        l1_directory = os.fspath(l1_directory) if l1_directory is not None else \
+            default_directory("l1")
         try:
             self.l1: Any = L1Store(l1_directory, size_limit=l1_size_limit)
             self.outbox: Any = Outbox(l1_directory, lease_ms=int(outbox_lease * 1000))
@@ -512,6 +523,8 @@ class CloudflareKVCache:
         """Store ``response`` under ``hashed_query`` (or under the tag ``hashed_query``)."""
         if not isinstance(response, CachedResult):
             raise TypeError(f"response must be a CachedResult, got {type(response).__name__}")
+        if config is not None and not isinstance(config, CacheConfig):
+            raise TypeError(f"config must be a CacheConfig or None, got {config!r}")
         digest, names = self._seed_key(hashed_query, tables, is_tag, is_auto_invalidate)
         tokens = self.tokens(names)
         return tokens is not None and self.store(digest, names, tokens, response,
@@ -526,6 +539,9 @@ class CloudflareKVCache:
                   auto: bool) -> Tuple[str, List[str]]:
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty str, got {key!r}")
+        for name, flag in (("is_tag", is_tag), ("is_auto_invalidate", auto)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
         tags = tag_list([key] if is_tag else [])
         names = stamp_names(table_names_of(tables), tags, auto)
         return digest_of(b"seed", key.encode(), tag_digest_part(tuple(tags), auto)), names

@@ -5,6 +5,7 @@ site with the bad value named, not later inside a cache write that must never ra
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -17,11 +18,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+def check_number(name: str, value: Any, *, integer: bool = False, zero_ok: bool = False) -> Any:
+    """``value`` if it is a finite int (or float, unless ``integer``) above zero (or at least zero
+    with ``zero_ok``); otherwise TypeError / ValueError naming ``name`` and ``value``. Every
+    numeric setting is checked here, so a bad one fails where it is given, never later inside a
+    cache operation that must not raise."""
+    kind = "an int" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0 \
+            or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {kind} {'>=' if zero_ok else '>'} 0 (and finite), "
+                         f"got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class CacheConfig:
         if self.keep_ttl and given:
             raise ValueError(f"keep_ttl=True cannot be combined with {given[0]}")
         for name in given:
-            check_positive_int(name, getattr(self, name))
+            check_number(name, getattr(self, name), integer=True)
         if self.exat is not None and self.exat * 1000 <= now_ms():
             raise ValueError(f"exat={self.exat} is in the past")
         if self.pxat is not None and self.pxat <= now_ms():

@@ -7,11 +7,15 @@ chained call keeps them. ``count()`` and ``exists()`` wrap the query in a new ``
 from __future__ import annotations
 
 import functools
+import threading
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Tuple, Union
 
 import peewee
 
+from .cache import CloudflareKVCache
 from .config import CacheConfig
 from .names import tag_list
 
@@ -27,26 +31,6 @@ class CacheOptions:
 
 
 DISABLED = CacheOptions(enabled=False)
-
-
-def make_options(enabled: bool = True, *, ex: Optional[int] = None, px: Optional[int] = None,
-                 exat: Optional[int] = None, pxat: Optional[int] = None, keep_ttl: bool = False,
-                 tag: Union[str, Iterable[str], None] = None, auto_invalidate: bool = True,
-                 config: Optional[CacheConfig] = None) -> CacheOptions:
-    """Validate ``with_cache`` arguments (bad values raise here, naming the value).
-
-    Memoised for the common calls: queries are rebuilt on every request, and validating the same
-    ``with_cache(ex=30)`` each time would cost more than the cache hit itself. Absolute expiries
-    (exat/pxat) are checked against the clock every time.
-    """
-    if exat is None and pxat is None:
-        key_tag = tuple(tag) if isinstance(tag, list) else tag
-        try:
-            return _memo_options(enabled, ex, px, keep_ttl, key_tag, auto_invalidate, config)
-        except TypeError as exc:
-            if "unhashable" not in str(exc):
-                raise
-    return _make_options(enabled, ex, px, exat, pxat, keep_ttl, tag, auto_invalidate, config)
 
 
 @functools.lru_cache(maxsize=1024, typed=True)
@@ -73,11 +57,64 @@ def _make_options(enabled: bool, ex: Optional[int], px: Optional[int], exat: Opt
     return CacheOptions(True, config, tuple(tag_list(tag)), auto_invalidate)
 
 
-@peewee.Node.copy
-def with_cache(self: peewee.SelectBase, enabled: bool = True, **kwargs: Any) -> None:
-    """Cache this query's result (``ex``/``px``/``exat``/``pxat``/``keep_ttl``, ``tag``,
-    ``auto_invalidate``); ``with_cache(False)`` never caches it."""
-    self._kvcache = make_options(enabled, **kwargs)
+def with_cache(self: peewee.SelectBase, enabled: bool = True, *, ex: Optional[int] = None,
+               px: Optional[int] = None, exat: Optional[int] = None, pxat: Optional[int] = None,
+               keep_ttl: bool = False, tag: Union[str, Iterable[str], None] = None,
+               auto_invalidate: bool = True, config: Optional[CacheConfig] = None
+               ) -> peewee.SelectBase:
+    """A copy of this query whose result is cached (``ex``/``px``/``exat``/``pxat``/``keep_ttl``,
+    ``tag``, ``auto_invalidate``); ``with_cache(False)`` never caches it.
+
+    Bad values raise here, naming the value. Validation is memoised for the common calls:
+    queries are rebuilt on every request, and validating the same ``with_cache(ex=30)`` each time
+    would cost more than the cache hit itself. Absolute expiries (exat/pxat) are checked against
+    the clock every time.
+    """
+    options = None
+    if exat is None and pxat is None:
+        key_tag = tuple(tag) if isinstance(tag, list) else tag
+        try:
+            options = _memo_options(enabled, ex, px, keep_ttl, key_tag, auto_invalidate, config)
+        except TypeError as exc:
+            if "unhashable" not in str(exc):
+                raise
+    if options is None:
+        options = _make_options(enabled, ex, px, exat, pxat, keep_ttl, tag, auto_invalidate,
+                                config)
+    if options.enabled:
+        _warn_if_uncached(self._database)
+    clone = self.clone()  # Peewee's chaining: every call returns a new query
+    clone._kvcache = options
+    return clone
+
+
+class _NoDatabase:
+    """Stands for "no database bound" among the databases already warned about."""
+
+
+_NO_DATABASE = _NoDatabase()
+_warned: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_warn_lock = threading.Lock()
+
+
+def _warn_if_uncached(database: Any) -> None:
+    """Warn once per database object: the user believes this query is cached, and it never is
+    (a plain Peewee database, or none bound). An uninitialised ``DatabaseProxy`` can't tell yet."""
+    if isinstance(database, peewee.Proxy):
+        database = database.obj
+        if database is None:
+            return
+    if isinstance(getattr(database, "cache", None), CloudflareKVCache):
+        return
+    key = _NO_DATABASE if database is None else database
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    problem = ("the query has no database" if database is None else
+               f"{type(database).__name__}({getattr(database, 'database', None)!r}) has no cache")
+    warnings.warn(f"with_cache() does nothing here: {problem}; use a Cached*Database (e.g. "
+                  f"CachedSqliteDatabase) to cache queries", UserWarning, stacklevel=3)
 
 
 def find_options(query: Any, depth: int = 0) -> Optional[CacheOptions]:

@@ -25,6 +25,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from ..config import check_number
 from . import limits
 from .base import KVError, KVNamespace, KVOutcomeUnknown, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
@@ -54,10 +55,9 @@ class RequestBudget:
 
     def __init__(self, capacity: float = 1200, period: float = 300.0,
                  burst: Optional[float] = None) -> None:
-        if capacity <= 0 or period <= 0:
-            raise ValueError(f"RequestBudget needs a positive capacity and period, got "
-                             f"capacity={capacity!r}, period={period!r}")
-        burst = capacity / 6 if burst is None else burst
+        check_number("capacity", capacity)
+        check_number("period", period)
+        burst = capacity / 6 if burst is None else check_number("burst", burst)
         if not 1 <= burst <= capacity:
             raise ValueError(f"burst must be between 1 and capacity={capacity!r}, got {burst!r}")
         self.capacity = float(capacity)
@@ -116,6 +116,20 @@ def _check_base_url(url: str) -> str:
     raise ValueError(f"base_url must be https:// (http:// only for a loopback host): {url!r}")
 
 
+def _check_timeout(name: str, value: Any) -> None:
+    """Seconds, or a (connect, read) pair of them, each > 0. None is refused: without a timeout
+    a hung KV would hold a query (or the writer thread) forever."""
+    parts = value if isinstance(value, tuple) else (value,)
+    try:
+        if len(parts) != 2 and isinstance(value, tuple):
+            raise ValueError
+        for part in parts:
+            check_number(name, part)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be seconds > 0 or a (connect, read) pair of them, got "
+                        f"{value!r}") from None
+
+
 def _json_array(items: List[bytes], max_items: int) -> Iterator[bytes]:
     """JSON arrays of pre-encoded items, each within KV's item count and request size limits."""
     batch: List[bytes] = []
@@ -147,10 +161,24 @@ class CloudflareKVNamespace(KVNamespace):
                  read_timeout: Union[float, Tuple[float, float]] = (1.0, 2.0),
                  read_retries: int = 0,
                  budget: Optional[RequestBudget] = _DEFAULT_BUDGET) -> None:
-        if not account_id or not namespace_id:
-            raise ValueError("account_id and namespace_id must not be empty")
+        for name, value in (("account_id", account_id), ("namespace_id", namespace_id),
+                            ("base_url", base_url)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {value!r}")
+            if not value.strip():
+                raise ValueError(f"{name} must not be empty, got {value!r}")
+        if not isinstance(api_token, str):  # the value is never shown, only its type
+            raise TypeError(f"api_token must be a str, got {type(api_token).__name__}")
         if not api_token or any(ch.isspace() or not ch.isprintable() for ch in api_token):
             raise ValueError("api_token must be non-empty, without whitespace or control chars")
+        _check_timeout("timeout", timeout)
+        _check_timeout("read_timeout", read_timeout)
+        check_number("retries", retries, integer=True, zero_ok=True)
+        check_number("read_retries", read_retries, integer=True, zero_ok=True)
+        check_number("backoff_factor", backoff_factor, zero_ok=True)
+        if budget is not _DEFAULT_BUDGET and budget is not None \
+                and not isinstance(budget, RequestBudget):
+            raise TypeError(f"budget must be a RequestBudget or None, got {budget!r}")
         self.account_id = account_id
         self.namespace_id = namespace_id
         self.base_url = _check_base_url(base_url)
