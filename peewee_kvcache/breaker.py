@@ -28,7 +28,7 @@ class CircuitOpenError(Exception):
 class CircuitBreaker:
     """``ignore(exc)`` True means the exception says nothing about the service's health."""
 
-    def __init__(self, fail_max: int = 5, reset_timeout: float = 30.0,
+    def __init__(self, fail_max: int = 5, reset_timeout: float = 5.0,
                  ignore: Callable[[BaseException], bool] = lambda exc: False):
         self.fail_max = check_number("fail_max", fail_max, integer=True)
         self.reset_timeout = float(check_number("reset_timeout", reset_timeout))

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Typ
 import platformdirs
 
 from . import index
-from .breaker import CircuitBreaker, CircuitOpenError
+from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpenError
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     decode_entry_full, encode_entry)
-from .config import DEFAULT_CONFIG, CacheConfig, check_number, now_ms
+from .config import DEFAULT_CONFIG, CacheConfig, check_number, now_ms, real_monotonic
 from .index import KeyLayout
 from .kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from .kv.cloudflare import BudgetExhausted
@@ -83,7 +83,7 @@ class CloudflareKVCache:
     def __init__(self, namespace: Optional[KVNamespace] = None, *, l1_directory: Optional[str] = None,
                  strategy: str = "explicit", default_ttl: int = 300, prefix: str = "pkv:",
                  secret: Union[str, bytes, None] = None, l1_size_limit: int = 1 << 30,
-                 breaker_fail_max: int = 5, breaker_reset_timeout: float = 30.0,
+                 breaker_fail_max: int = 5, breaker_reset_timeout: float = 5.0,
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
                  max_put_delay: float = 10.0, clock_skew: float = 0.0,
@@ -133,11 +133,17 @@ class CloudflareKVCache:
         except Exception as exc:  # queries must still work: uncached, and counted
             log.warning("peewee_kvcache: L1 directory %r unusable (%s); caching disabled",
                         l1_directory, exc)
-            self.l1 = self.outbox = Unavailable(l1_directory, exc)
+            self.l1 = self.outbox = Unavailable(l1_directory, exc, int(outbox_lease * 1000))
         self.layout = KeyLayout(prefix)
         self.memory = MemoryLevel(memory_entries)
         self.counters = Counters()
-        self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout, _not_a_kv_fault)
+        # Two breakers: a successful background write says nothing about whether a read answers
+        # within the query path's short timeout, and reads failing must not hold back the
+        # sweeps other hosts' freshness depends on. Each counts only its own calls.
+        self.read_breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout,
+                                           _not_a_kv_fault)  # query-path reads
+        self.breaker = CircuitBreaker(breaker_fail_max, breaker_reset_timeout,
+                                      _not_a_kv_fault)  # background work and operations
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
                                   else propagation_delay)
         self.sweeper = Sweeper(self)
@@ -152,15 +158,18 @@ class CloudflareKVCache:
 
     # -- the read path ----------------------------------------------------------------------
     def lookup(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
-        """The cached result for ``digest`` if one is live and no name in its stamp was bumped."""
-        result = self._lookup_l1(digest)
-        if result is None:
+        """The cached result for ``digest`` if one is live and no name in its stamp was bumped.
+        At most one L2 read: an L1 entry's re-check already asked L2 for this key."""
+        result, asked_l2 = self._lookup_l1(digest)
+        if result is None and not asked_l2:
             result = self._lookup_l2(digest, names)
         self.counters.incr("hits" if result is not None else "misses")
         return result
 
-    def _lookup_l1(self, digest: str) -> Optional[CachedResult]:
-        """This process's memory first, then the L1 directory; both checked the same way."""
+    def _lookup_l1(self, digest: str) -> Tuple[Optional[CachedResult], bool]:
+        """This process's memory first, then the L1 directory; both checked the same way.
+        Returns the result and whether L2 was asked (to re-check an old L1 entry)."""
+        asked_l2 = False
         try:
             now = now_ms()
             memo = self.memory.get(digest)
@@ -168,22 +177,23 @@ class CloudflareKVCache:
                 if self._usable(memo.names, memo.tokens, memo.expires_at_ms, memo.checked_at_ms,
                                 now):
                     self.counters.incr("l1_hits")
-                    return memo.result
+                    return memo.result, False
                 self.memory.discard(digest)
             entry = self.l1.get(digest)
             if entry is None or not self._usable(entry.names, entry.tokens, entry.expires_at_ms,
                                                  now, now):
-                return None
+                return None, False
             if self.l1_max_age_ms is not None and \
                     now - entry.checked_at_ms > self.l1_max_age_ms:
-                return self._recheck(digest, entry, now)
+                asked_l2 = True
+                return self._recheck(digest, entry, now), True
             result, _ = decode_entry(entry.payload)
             self._remember(digest, entry, result)
         except Exception:
             self.fault("l1_errors", "L1 read failed")
-            return None
+            return None, asked_l2
         self.counters.incr("l1_hits")
-        return result
+        return result, False
 
     def _usable(self, names: Sequence[str], tokens: Sequence[int], expires_at_ms: int,
                 checked_at_ms: int, now: int) -> bool:
@@ -201,8 +211,8 @@ class CloudflareKVCache:
         host's invalidation deletes L2 entries but cannot reach this host's L1. If L2 holds a
         different (newer) result, that one is served; if L2 can't be asked, the DB is."""
         self.counters.incr("l1_rechecks")
-        ok, raw = self.call_l2("L2 read for an L1 recheck failed", self.namespace.get,
-                           self.layout.entry_key(digest, entry.names))
+        ok, raw = self.read_l2("L2 read for an L1 recheck failed",
+                               self.layout.entry_key(digest, entry.names))
         if not ok or raw is None:
             return None
         if raw != entry.payload:
@@ -253,8 +263,7 @@ class CloudflareKVCache:
         except Exception:
             self.fault("l1_errors", "L1 token read failed")
             return None
-        ok, raw = self.call_l2("L2 read failed", self.namespace.get,
-                           self.layout.entry_key(digest, names))
+        ok, raw = self.read_l2("L2 read failed", self.layout.entry_key(digest, names))
         if raw is None:
             return None
         now = now_ms()
@@ -304,7 +313,7 @@ class CloudflareKVCache:
                 leader_done = self.l1.entries.get("fill:" + digest) is None
             except Exception:
                 return None
-            result = self._lookup_l1(digest)
+            result, _ = self._lookup_l1(digest)
             if result is not None:
                 self.counters.incr("hits")
                 return result
@@ -361,16 +370,16 @@ class CloudflareKVCache:
         if len(payload) > MAX_VALUE_BYTES:
             self.counters.incr("oversized")  # stays in L1 only
             return True
-        def build(now_s: int) -> List[KVPair]:
-            """KV needs expirations ≥ now + 60 s: the true expiry travels inside the entry."""
-            if expires_at <= now_s * 1000:
-                return []
-            expiration = max(math.ceil(expires_at / 1000), now_s + MIN_EXPIRATION_TTL + 1)
-            return self.layout.entry_pairs(digest, payload, names, expiration, started)
-
-        self.writer.submit(PutTask(max(1, len(names) - 1), build,
-                                   lambda: self._still_current(names, tokens), started,
-                                   tuple(names)))
+        # KV's expiry is sent relative, measured here on the query's clock: the writer thread
+        # may see another "now" (freezegun serves it real time), and an absolute expiration
+        # from a frozen clock is refused. KV needs ≥ 60 s; the true expiry is inside the entry.
+        ttl_s = max(math.ceil((expires_at - now) / 1000), MIN_EXPIRATION_TTL)
+        # the write must land within max_put_delay of the query's start (see _send_puts)
+        deadline = real_monotonic() + (self.max_put_delay_ms - (now - started)) / 1000
+        self.writer.submit(PutTask(
+            max(1, len(names) - 1),
+            lambda: self.layout.entry_pairs(digest, payload, names, ttl_s, started),
+            lambda: self._still_current(names, tokens), started, tuple(names), deadline))
         return True
 
     def _live_expiry(self, digest: str, names: Sequence[str]) -> Optional[int]:
@@ -381,8 +390,8 @@ class CloudflareKVCache:
         entry = self.l1.get(digest)
         if entry is not None:
             return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
-        ok, raw = self.call_l2("L2 read for keep_ttl failed", self.namespace.get,
-                           self.layout.entry_key(digest, names))
+        ok, raw = self.read_l2("L2 read for keep_ttl failed",
+                               self.layout.entry_key(digest, names))
         try:
             return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
         except CodecError:
@@ -404,11 +413,11 @@ class CloudflareKVCache:
         after the write and its sweep sees the markers. The time check keeps the promise the
         re-sweep relies on: no entry computed before a write lands after that write's re-sweep.
         """
-        now = now_ms()
-        late = [task for task in tasks if now - task.started_ms > self.max_put_delay_ms]
+        now = real_monotonic()
+        late = [task for task in tasks if now > task.deadline]
         if late:  # a late write could land after a re-sweep meant to catch it
             self.counters.incr("l2_puts_dropped_late", len(late))
-        live = [(task, task.build(now // 1000)) for task in tasks
+        live = [(task, task.build()) for task in tasks
                 if task not in late and task.still_valid()]
         pairs = [pair for _, task_pairs in live for pair in task_pairs]
         if not pairs:
@@ -419,10 +428,9 @@ class CloudflareKVCache:
             return
         if failed:
             self.fault("l2_errors", f"L2 bulk write left {len(failed)} keys unwritten")
-        done = now_ms()  # a write that landed too late may have missed the re-sweep: undo it
+        done = real_monotonic()  # a write that landed too late may have missed the re-sweep
         stale = [pair.key for task, task_pairs in live
-                 if done - task.started_ms > self.max_put_delay_ms or not task.still_valid()
-                 for pair in task_pairs]
+                 if done > task.deadline or not task.still_valid() for pair in task_pairs]
         if stale:
             self.delete_keys(stale)
 
@@ -437,11 +445,20 @@ class CloudflareKVCache:
                                           max(task.started_ms for task in tasks))
             raise
 
+    def read_l2(self, what: str, key: str) -> Tuple[bool, Optional[bytes]]:
+        """A query-path GET, through the read breaker (see :meth:`call_l2`)."""
+        return self._guarded(self.read_breaker, what, self.namespace.get, key)
+
     def call_l2(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
-        """One L2 call through the circuit breaker: (True, result), or (False, None) after
-        logging and counting the fault. Nothing is raised: L2 is an optimisation."""
+        """One L2 call (background work, operations) through the circuit breaker: (True, result),
+        or (False, None) after logging and counting the fault. Nothing is raised: L2 is an
+        optimisation."""
+        return self._guarded(self.breaker, what, call, *args)
+
+    def _guarded(self, breaker: CircuitBreaker, what: str, call: Callable[..., T],
+                 *args: Any) -> Tuple[bool, Optional[T]]:
         try:
-            return True, self.breaker.call(call, *args)
+            return True, breaker.call(call, *args)
         except BudgetExhausted:
             self.counters.incr("l2_budget_skipped")
         except CircuitOpenError:
@@ -568,7 +585,12 @@ class CloudflareKVCache:
             l1 = {}
         return CacheStats(**counts, **self.counters.snapshot(), **l1,
                           pending_l2_work=self.writer.pending(),
-                          outbox_jobs=self._outbox_len(), l2_circuit=self.breaker.state)
+                          outbox_jobs=self._outbox_len(), l2_circuit=self._circuit())
+
+    def _circuit(self) -> str:
+        """The worse of the two breakers' states."""
+        states = (self.read_breaker.state, self.breaker.state)
+        return next(state for state in (OPEN, HALF_OPEN, CLOSED) if state in states)
 
     def _outbox_len(self) -> int:
         try:

@@ -18,6 +18,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_clock_gettime = getattr(time, "clock_gettime", None)  # not on Windows
+
+
+def real_monotonic() -> float:
+    """Seconds on a monotonic clock that test tools leave running. The writer thread measures
+    how long a write waited; freezegun freezes ``time.monotonic`` in query threads but serves
+    real time near ``threading`` frames, so that clock would differ between the two threads."""
+    if _clock_gettime is not None:
+        return _clock_gettime(time.CLOCK_MONOTONIC)
+    return time.monotonic()
+
+
 def check_number(name: str, value: Any, *, integer: bool = False, zero_ok: bool = False) -> Any:
     """``value`` if it is a finite int (or float, unless ``integer``) above zero (or at least zero
     with ``zero_ok``); otherwise TypeError / ValueError naming ``name`` and ``value``. Every

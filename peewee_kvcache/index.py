@@ -71,13 +71,14 @@ class KeyLayout:
         return self.name_prefix(indexed[0]) + digest if indexed else self.prefix + ENTRY + digest
 
     def entry_pairs(self, digest: str, value: bytes, names: Sequence[str],
-                    expiration: int, created_ms: int) -> List[KVPair]:
-        """The entry under its first name plus one marker per further name, expiring together.
+                    expiration_ttl: int, created_ms: int) -> List[KVPair]:
+        """The entry under its first name plus one marker per further name, expiring together
+        (``expiration_ttl`` seconds after KV stores them).
         Metadata ``c`` (when the query started) lets a sweep keep results computed after it."""
         key = self.entry_key(digest, names)
-        pairs = [KVPair(key, value, expiration=expiration, metadata={"c": created_ms})]
-        pairs.extend(KVPair(self.name_prefix(name) + digest, MARKER_VALUE, expiration=expiration,
-                            metadata={"e": key, "c": created_ms})
+        pairs = [KVPair(key, value, expiration_ttl=expiration_ttl, metadata={"c": created_ms})]
+        pairs.extend(KVPair(self.name_prefix(name) + digest, MARKER_VALUE,
+                            expiration_ttl=expiration_ttl, metadata={"e": key, "c": created_ms})
                      for name in _indexed(names)[1:])
         return pairs
 

@@ -21,7 +21,8 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import (Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence,
+                    Tuple)
 
 import diskcache
 import msgpack
@@ -49,20 +50,85 @@ class L1Unavailable(RuntimeError):
 
 
 class Unavailable:
-    """Stands in for a store whose directory could not be opened (read-only, missing, full):
-    every call raises, so every cache path degrades to the database as for a failing L1."""
+    """Stands in for the L1 store and the outbox when their directory could not be opened
+    (read-only, missing, a file, full disk): every operation raises :class:`L1Unavailable`, so
+    each cache path degrades to the database as it does for a failing L1. Plain attributes keep
+    their meaning (``directory``, ``lease_ms``, ``l1_id``)."""
 
-    def __init__(self, directory: str, reason: BaseException):
+    def __init__(self, directory: str, reason: BaseException, lease_ms: int = 30_000):
         self.directory = directory
+        self.lease_ms = lease_ms
+        #: this process alone in NOTIFY payloads: it shares no tokens with any other process
+        self.l1_id = uuid.uuid4().hex
         self._reason = f"{type(reason).__name__}: {reason}"
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def unavailable(*args: object, **kwargs: object) -> None:
-            raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
-        return unavailable
+    def _fail(self) -> NoReturn:
+        raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
+
+    # the stores' own handles
+    entries = meta = counter = jobs = property(_fail)
+
+    # L1Store
+    def seq(self) -> int:
+        self._fail()
+
+    def bump(self, names: Iterable[str], at_ms: Optional[int] = None,
+             release: Optional[str] = None) -> int:
+        self._fail()
+
+    def invalidated_at(self, names: Iterable[str]) -> int:
+        self._fail()
+
+    def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
+        self._fail()
+
+    def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
+        self._fail()
+
+    def mark_pending(self, names: Iterable[str], marker: str) -> None:
+        self._fail()
+
+    def clear_pending(self, names: Iterable[str], marker: str) -> None:
+        self._fail()
+
+    def any_pending(self, names: Iterable[str]) -> bool:
+        self._fail()
+
+    def get(self, key: str) -> Optional["L1Entry"]:
+        self._fail()
+
+    def set(self, key: str, entry: "L1Entry", now_ms: int) -> None:
+        self._fail()
+
+    def clear(self) -> None:
+        self._fail()
+
+    def stats(self) -> Dict[str, int]:
+        self._fail()
+
+    # Outbox
+    def add(self, names: Tuple[str, ...], due_ms: int, sweep: int = 1,
+            before_ms: Optional[int] = None) -> Any:
+        self._fail()
+
+    def claim(self, job_id: str, now_ms: int) -> Any:
+        self._fail()
+
+    def claim_due(self, now_ms: int) -> Iterator[Any]:
+        """Nothing: no job could ever be recorded here (and the writer asks every tick)."""
+        return iter(())
+
+    def done(self, job: Any) -> None:
+        self._fail()
+
+    def retry(self, job: Any, now_ms: int) -> int:
+        self._fail()
+
+    def next_due_ms(self) -> Optional[int]:
+        self._fail()
 
     def __len__(self) -> int:
-        raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
+        self._fail()
 
     def close(self) -> None:
         """Nothing was opened."""

@@ -19,7 +19,14 @@ from typing import Iterator, Optional, Tuple
 import diskcache
 import msgpack
 
-MAX_BACKOFF_MS = 300_000
+#: the longest wait between two attempts of a sweep: after an outage, the first sweep reaches KV
+#: at most this long after the circuit breaker lets calls through again (see README)
+MAX_BACKOFF_MS = 5_000
+
+
+def backoff_ms(attempts: int) -> int:
+    """Delay before the next attempt of a sweep that failed ``attempts`` times before."""
+    return min(500 * 2 ** min(attempts, 16), MAX_BACKOFF_MS)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class Outbox:
 
     def retry(self, job: Job, now_ms: int) -> int:
         """Reschedule a failed job with exponential backoff; returns the delay in ms."""
-        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
+        delay = backoff_ms(job.attempts)
         with self.jobs.transact():
             key = self._find(job.job_id)
             if key:

@@ -7,36 +7,48 @@ hosts' writes still in flight. Without a usable L1 the jobs live in this process
 """
 from __future__ import annotations
 
+import itertools
+import threading
 import uuid
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .config import now_ms
 from .index import EVERYTHING
-from .outbox import MAX_BACKOFF_MS, Job
+from .outbox import Job, backoff_ms
 
 if TYPE_CHECKING:
     from .cache import CloudflareKVCache
 
 
 class Sweeper:
-    """Sweep jobs of one cache, and what this process must distrust while they are pending."""
+    """Sweep jobs of one cache, and what this process must distrust while they are pending.
+
+    Request threads (prepare, complete) and the writer thread (run_due, jobs) share the state
+    below; ``_lock`` guards every change and is held only for in-memory steps, never across L1
+    or KV calls. The hit path reads ``_untrusted`` without it: that dict is replaced on each
+    change, never modified, so a reader sees one whole version."""
 
     def __init__(self, cache: "CloudflareKVCache"):
         self.cache = cache
+        self._lock = threading.Lock()
         self._own_jobs: Set[str] = set()
-        self._untrusted: Set[str] = set()  # names whose L1 bump failed (see _bump)
+        #: names whose L1 bump failed (see _bump) -> that failure's number
+        self._untrusted: Dict[str, int] = {}
+        self._failures = itertools.count()
         self._memory_jobs: List[Tuple[int, Job]] = []  # sweeps that could not be recorded
         self._memory_pending: Counter = Counter()  # their names: not read from L2 meanwhile
 
     def distrusts(self, names: Sequence[str]) -> bool:
         """True for names whose L1 invalidation failed: their L1 entries can't be trusted."""
-        return bool(self._untrusted) and not self._untrusted.isdisjoint(names)
+        untrusted = self._untrusted
+        return bool(untrusted) and not untrusted.keys().isdisjoint(names)
 
     def pending_in_memory(self, names: Sequence[str]) -> bool:
         """True while a sweep of one of ``names`` that the outbox couldn't record is pending."""
-        return any(self._memory_pending[name] for name in names)
+        with self._lock:
+            return any(self._memory_pending[name] for name in names)
 
     def prepare(self, names: Sequence[str]) -> Optional[Job]:
         """Record the L2 sweep durably *before* the write commits, and stop this host reading
@@ -52,8 +64,10 @@ class Sweeper:
         except Exception:
             self.cache.fault("l1_errors", "recording an invalidation failed")
             job = Job("mem-" + uuid.uuid4().hex, names, durable=False)
-            self._memory_pending.update(names)
-        self._own_jobs.add(job.job_id)
+            with self._lock:
+                self._memory_pending.update(names)
+        with self._lock:
+            self._own_jobs.add(job.job_id)
         return job
 
     def complete(self, job: Job) -> None:
@@ -90,20 +104,26 @@ class Sweeper:
             self.cache.l1.bump(names, now_ms(), job_id)
         except Exception:
             self.cache.fault("l1_errors", "L1 invalidation failed")
-            self._untrusted.update(names)
+            with self._lock:
+                failure = next(self._failures)
+                self._untrusted = {**self._untrusted, **{name: failure for name in names}}
 
     def run_due(self) -> None:
         """Writer tick: retries, late re-sweeps and jobs other processes left behind."""
-        if self._untrusted:
-            names = tuple(self._untrusted)
+        untrusted = self._untrusted
+        if untrusted:
             try:
-                self.cache.l1.bump(names, now_ms())
-                self._untrusted.difference_update(names)
+                self.cache.l1.bump(tuple(untrusted), now_ms())
             except Exception:
                 pass  # still failing: those names stay untrusted, counted when they first failed
+            else:  # trusted again, unless a bump failed since: that failure is newer than ours
+                with self._lock:
+                    self._untrusted = {name: failure for name, failure in self._untrusted.items()
+                                       if untrusted.get(name) != failure}
         now = now_ms()
-        due = [job for at, job in self._memory_jobs if at <= now]
-        self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
+        with self._lock:
+            due = [job for at, job in self._memory_jobs if at <= now]
+            self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
         try:
             due.extend(self.cache.outbox.claim_due(now))
         except Exception:
@@ -113,7 +133,9 @@ class Sweeper:
 
     def _run_job(self, job: Job) -> None:
         """Sweep L2 for one job; on failure reschedule it with a backoff."""
-        if job.sweep == 1 and job.job_id not in self._own_jobs:
+        with self._lock:
+            own = job.job_id in self._own_jobs
+        if job.sweep == 1 and not own:
             self._bump(job.names, job.job_id)  # its writer may have died before bumping L1
         # a recovered job doesn't know when its write committed: now is safely later
         before_ms = job.before_ms if job.before_ms is not None else now_ms()
@@ -121,7 +143,8 @@ class Sweeper:
         if not self._sweep(job.names, before_ms):
             self._retry(job)
             return
-        self._own_jobs.discard(job.job_id)
+        with self._lock:
+            self._own_jobs.discard(job.job_id)
         try:
             if job.durable:
                 self.cache.outbox.done(job)
@@ -129,8 +152,9 @@ class Sweeper:
                 if job.durable:
                     self.cache.l1.clear_pending(job.names, job.job_id)
                 else:
-                    self._memory_pending.subtract(job.names)
-                    self._memory_pending += Counter()  # drops the names that reached zero
+                    with self._lock:
+                        self._memory_pending.subtract(job.names)
+                        self._memory_pending += Counter()  # drops the names that reached zero
                 # KV's list may not yet show other hosts' markers, and another host's write that
                 # started before ours may still be in flight (at most max_put_delay): again,
                 # timed from the write (not from this sweep, which may have run late).
@@ -147,16 +171,18 @@ class Sweeper:
                 return
         except Exception:
             self.cache.fault("l1_errors", "rescheduling an invalidation failed")
-        delay = min(500 * 2 ** job.attempts, MAX_BACKOFF_MS)
-        self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
-                                                            durable=False)))
+        delay = backoff_ms(job.attempts)
+        with self._lock:
+            self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
+                                                                durable=False)))
 
     def _schedule(self, job: Job, due_ms: int) -> None:
         """A further sweep due at ``due_ms``: in the outbox, or in memory without an L1."""
         if job.durable:
             self.cache.outbox.add(job.names, due_ms, sweep=job.sweep, before_ms=job.before_ms)
         else:
-            self._memory_jobs.append((due_ms, job))
+            with self._lock:
+                self._memory_jobs.append((due_ms, job))
 
     def _sweep(self, names: Sequence[str], before_ms: int) -> bool:
         """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
 import time
@@ -24,16 +25,17 @@ log = logging.getLogger("peewee_kvcache")
 
 @dataclass
 class PutTask:
-    """An entry to write. ``build(now_s)`` makes its KV pairs at send time (KV refuses absolute
-    expirations under now + 60 s, and a queued write may wait); ``key_count`` sizes batches;
-    ``still_valid`` is asked before sending and again after (see cache)."""
+    """An entry to write. ``build()`` makes its KV pairs when sent; ``key_count`` sizes batches;
+    ``still_valid`` is asked before sending and again after; past ``deadline``
+    (:func:`~peewee_kvcache.config.real_monotonic`) it must not land (see cache)."""
 
     key_count: int
-    build: Callable[[int], List[KVPair]]
+    build: Callable[[], List[KVPair]]
     still_valid: Callable[[], bool]
     started_ms: int
     #: the entry's stamp names: swept again if the write's outcome is unknown (it may land late)
     names: Tuple[str, ...] = ()
+    deadline: float = math.inf
 
 
 Task = Union[PutTask, Callable[[], None]]

@@ -7,6 +7,8 @@ import itertools
 import re
 from datetime import datetime, timezone
 
+import freezegun
+import freezegun.config
 import peewee
 import pytest
 from freezegun import freeze_time
@@ -468,3 +470,45 @@ def test_kv_expiration_floor(open_sqlite, option, alive_for, kv_expiration):
         l2_hits = cache.get_stats().l2_hits
         assert names(query) == ["bob"]                        # ...yet it is expired
         assert cache.get_stats().l2_hits == l2_hits
+
+
+# --- freezegun as users configure it ----------------------------------------------------------------
+
+PAST = datetime(2020, 6, 1, 8, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def users_freezegun():
+    """freezegun with its default settings, as in a user's test suite: code near ``threading``
+    frames, such as the cache's writer thread, sees the real clock while queries see frozen time
+    (conftest freezes those frames too, for the other tests here)."""
+    saved = list(freezegun.config.settings.default_ignore_list)
+    freezegun.configure(default_ignore_list=list(freezegun.config.DEFAULT_IGNORE_LIST))
+    yield
+    freezegun.configure(default_ignore_list=saved)
+
+
+@pytest.mark.parametrize("start, tick", [(PAST, False), (PAST, True), (START, False)],
+                         ids=["past", "past-ticking", "future"])
+def test_under_a_users_freeze_time_an_entry_lives_its_ttl_and_reaches_l2(
+        users_freezegun, open_sqlite, make_cache, tmp_path, start, tick):
+    with freeze_time(start, tick=tick) as clock:
+        db = open_sqlite(l1_max_age=5.0)
+        query = names_query(ex=30)
+        assert names(query) == ["alice"]
+        assert db.cache.drain(10)
+        assert len(db.cache.l2_entry_keys()) == 1            # it reached L2
+        sneak_rename(db, "bob")
+        clock.tick(20)                                       # past l1_max_age: L2 confirms it
+        assert names(query) == ["alice"]
+        other = CachedSqliteDatabase(str(tmp_path / "ttl.db"), cache=make_cache("l1-other"))
+        with other.bind_ctx([User]):                         # a host with an empty L1
+            assert names(names_query(ex=30)) == ["alice"]
+            assert other.cache.get_stats().l2_hits == 1
+        clock.tick(8)                                        # t0 + 28 s
+        assert names(query) == ["alice"]
+        clock.tick(3)                                        # t0 + 31 s
+        assert names(query) == ["bob"]
+        with other.bind_ctx([User]):
+            assert names(names_query(ex=30)) == ["bob"]
+        other.close()
