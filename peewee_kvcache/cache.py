@@ -566,6 +566,8 @@ class CloudflareKVCache:
     # -- operations -------------------------------------------------------------------------
     def drain(self, timeout: Optional[float] = None) -> bool:
         """Wait until every queued L2 write and invalidation was sent; False on timeout."""
+        if timeout is not None:
+            check_number("timeout", timeout, zero_ok=True)
         return self.writer.drain(timeout)
 
     def get_stats(self) -> CacheStats:

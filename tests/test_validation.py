@@ -98,6 +98,15 @@ def test_seed_flags_must_be_bools(cache, name, value):
         assert re.search(shown(value), str(info.value))
 
 
+@pytest.mark.parametrize("timeout, error", [("10", TypeError), (-1, ValueError), (NAN, ValueError)],
+                         ids=repr)
+def test_drain_timeout_is_checked(cache, timeout, error):
+    with pytest.raises(error, match="timeout") as info:
+        cache.drain(timeout)
+    assert re.search(shown(timeout), str(info.value))
+    assert cache.drain(0) and cache.drain(None)
+
+
 # --- CloudflareKVNamespace(...) and RequestBudget(...) -------------------------------------------
 
 NAMESPACE_CASES = [
