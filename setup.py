@@ -36,7 +36,7 @@ setup(
         "examples": POSTGRES + EXAMPLES,
         "bench": POSTGRES + BENCH,
         "test": POSTGRES + MYSQL + EXAMPLES + ["pytest>=7", "freezegun>=1.2",
-                                               "pytest-timeout>=2.1"],
+                                               "pytest-timeout>=2.1", "gunicorn>=21"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
+from . import forksafe
 from .config import check_number
 
 T = TypeVar("T")
@@ -34,6 +35,7 @@ class CircuitBreaker:
         self.reset_timeout = float(check_number("reset_timeout", reset_timeout))
         self._ignore = ignore
         self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
         self._state = CLOSED
         self._failures = 0
         self._opened_at = 0.0

@@ -78,6 +78,9 @@ class CloudflareKVCache:
     ``strategy="explicit"`` caches only ``with_cache()`` queries; ``"all"`` every cacheable SELECT.
     ``default_ttl`` (seconds) applies when a query gives no expiry. ``secret`` signs entries
     (HMAC-SHA256) so a forged L2 value is a miss. ``prefix`` scopes every L2 key of this cache.
+    ``exit_timeout`` (seconds) bounds how long :meth:`close` and interpreter exit wait for queued
+    L2 work, so an unreachable KV cannot hold a process; invalidation sweeps left over stay in
+    the durable outbox.
     """
 
     def __init__(self, namespace: Optional[KVNamespace] = None, *, l1_directory: Optional[str] = None,
@@ -87,7 +90,7 @@ class CloudflareKVCache:
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
                  max_put_delay: float = 10.0, clock_skew: float = 0.0,
-                 memory_entries: int = 1000):
+                 memory_entries: int = 1000, exit_timeout: float = 2.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_number("default_ttl", default_ttl, integer=True)
@@ -115,6 +118,7 @@ class CloudflareKVCache:
         check_number("max_put_delay", max_put_delay)
         check_number("clock_skew", clock_skew, zero_ok=True)
         check_number("memory_entries", memory_entries, integer=True, zero_ok=True)
+        check_number("exit_timeout", exit_timeout, zero_ok=True)
         self.stampede_wait = float(stampede_wait)
         self.max_put_delay_ms = int(max_put_delay * 1000)
         self.clock_skew_ms = int(clock_skew * 1000)
@@ -147,7 +151,8 @@ class CloudflareKVCache:
         self.propagation_delay = (self.namespace.propagation_delay if propagation_delay is None
                                   else propagation_delay)
         self.sweeper = Sweeper(self)
-        self.writer = BackgroundWriter(self._send_puts, self.sweeper.run_due)
+        self.writer = BackgroundWriter(self._send_puts, self.sweeper.run_due,
+                                       exit_timeout=float(exit_timeout))
         if self._outbox_len() > 0:
             self.writer.start()  # sweeps an earlier process left unfinished
 
@@ -632,6 +637,8 @@ class CloudflareKVCache:
         return [i.name for i in infos or () if index.marker_target(i) is None]
 
     def close(self) -> None:
+        """Release files and connections. Queued L2 work gets at most ``exit_timeout`` seconds;
+        what is left is dropped (its sweeps stay in the durable outbox for the next process)."""
         self.writer.close()
         self.outbox.close()
         self.l1.close()

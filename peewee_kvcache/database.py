@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
-from . import notify
+from . import forksafe, notify
 from .cache import CloudflareKVCache, feed, key_hash
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .config import now_ms
@@ -54,6 +54,16 @@ def _names(tables: Iterable[str], everything: bool) -> List[str]:
     return ([EVERYTHING] if everything else []) + [table_name(t) for t in tables]
 
 
+def _close_elsewhere(cache: CloudflareKVCache) -> None:
+    """Close a database's own cache once the database is collected. A collection can run on any
+    thread, even inside a statement on an L1 connection that close() would close under it (a
+    crash): the cache is closed on a thread of its own."""
+    try:
+        threading.Thread(target=cache.close, name="peewee-kvcache-close", daemon=True).start()
+    except RuntimeError:  # interpreter shutdown: no new threads, and the process is ending
+        pass
+
+
 def _dialect(db: peewee.Database) -> str:
     if isinstance(db, peewee.PostgresqlDatabase):
         return "postgres"
@@ -66,14 +76,18 @@ class CachedDatabase:
     """Mix into any Peewee database: ``class MyDB(CachedDatabase, peewee.PostgresqlDatabase)``.
 
     ``cache`` is a :class:`CloudflareKVCache`; ``None`` builds the default one (L1 and a local KV
-    namespace in the per-user cache directory).
+    namespace in the per-user cache directory), which the database closes when it is collected.
     """
 
     def __init__(self, database: Any, *args: Any, cache: Optional[CloudflareKVCache] = None,
                  **kwargs: Any):
         if cache is not None and not isinstance(cache, CloudflareKVCache):
             raise TypeError(f"cache must be a CloudflareKVCache, got {type(cache).__name__}")
-        self.cache = cache if cache is not None else CloudflareKVCache()
+        if cache is None:
+            cache = CloudflareKVCache()
+            # not at exit: the writer's exit hook already bounds that drain (exit_timeout)
+            weakref.finalize(self, _close_elsewhere, cache).atexit = False
+        self.cache = cache
         self._kv_local = threading.local()
         self._kv_identity: Optional[bytes] = None
         self._kv_sql_hashes: Dict[str, Any] = {}
@@ -279,6 +293,8 @@ class PostgresNotifications:
             raise TypeError(f"notify must be a bool, got {notify!r}")
         self._kv_notify = notify
         self._kv_listener: Optional[Listener] = None
+        self._kv_listener_lock = threading.Lock()  # one LISTEN thread, however many readers
+        forksafe.renew_locks(self, "_kv_listener_lock")
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
     def _broadcast(self, names: Sequence[str]) -> None:
@@ -292,21 +308,24 @@ class PostgresNotifications:
             log.warning("peewee_kvcache: NOTIFY failed", exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _on_cached_read(self) -> None:
-        if self._kv_notify and self._kv_listener is None:
+        listener = self._kv_listener
+        if self._kv_notify and (listener is None or listener.needs_start):  # e.g. after fork
             self.start_listener()
 
     def start_listener(self) -> Listener:
-        """Start (once) the thread that evicts this host's L1 entries on other hosts' writes."""
-        if self._kv_listener is None:
-            import psycopg2
-            params = dict(self.connect_params)  # type: ignore[attr-defined]
-            database = self.database  # type: ignore[attr-defined]
-            cache = self.cache  # type: ignore[attr-defined]
-            self._kv_listener = Listener(lambda: psycopg2.connect(dbname=database, **params),
-                                         cache.channel, cache.origin, cache.evict_local)
-            weakref.finalize(self, self._kv_listener.request_stop)  # its connection goes too
-        self._kv_listener.start()
-        return self._kv_listener
+        """Start (once per process) the thread that evicts this host's L1 entries on other
+        hosts' writes."""
+        with self._kv_listener_lock:
+            if self._kv_listener is None:
+                import psycopg2
+                params = dict(self.connect_params)  # type: ignore[attr-defined]
+                database = self.database  # type: ignore[attr-defined]
+                cache = self.cache  # type: ignore[attr-defined]
+                self._kv_listener = Listener(lambda: psycopg2.connect(dbname=database, **params),
+                                             cache.channel, cache.origin, cache.evict_local)
+                weakref.finalize(self, self._kv_listener.request_stop)  # its connection too
+            self._kv_listener.start()
+            return self._kv_listener
 
     def stop_listener(self) -> None:
         if self._kv_listener is not None:

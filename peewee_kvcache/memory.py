@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from . import forksafe
 from .codec import CachedResult
 
 _MUTABLE = (list, dict, set, bytearray)
@@ -40,6 +41,7 @@ class MemoryLevel:
         self.max_rows = max_rows
         self._entries: "OrderedDict[str, MemoryEntry]" = OrderedDict()
         self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")  # entries stay: they are checked like L1's
 
     def get(self, digest: str) -> Optional[MemoryEntry]:
         with self._lock:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import select
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import forksafe
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -43,7 +44,8 @@ def parse(text: str) -> Optional[Dict[str, Any]]:
 
 
 class Listener:
-    """A daemon thread holding one LISTEN connection; reconnects with backoff after failures."""
+    """A daemon thread holding one LISTEN connection; reconnects with backoff after failures.
+    A forked child starts its own (see :attr:`needs_start`)."""
 
     def __init__(self, connect: Callable[[], Any], channel: str, origin: str,
                  on_names: Callable[[List[str]], None], poll_s: float = 0.25):
@@ -55,12 +57,27 @@ class Listener:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
+        self._working = threading.Lock()  # held while evicting (SQLite): fork waits for it
+        forksafe.after_fork_in_child(self._after_fork)
+        forksafe.hold_across_fork(self, "_working")
+
+    def _after_fork(self) -> None:
+        """The parent's thread did not survive the fork. Its connection (a socket shared with
+        the parent) is left alone: the vanished thread's frame still references it, so it is
+        never closed here, and the parent's LISTEN goes on."""
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = None
+
+    @property
+    def needs_start(self) -> bool:
+        """True until :meth:`start` ran in this process (again in a forked child)."""
+        return self._thread is None
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        """Start the thread unless it runs (callers serialise calls: see the database)."""
+        if self._thread is not None and self._thread.is_alive():
             return
-        self._pid = os.getpid()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="peewee-kvcache-listen",
                                         daemon=True)
@@ -112,7 +129,8 @@ class Listener:
         if data is None or data["o"] == self._origin:  # this L1 bumped its tokens already
             return
         try:
-            self._on_names(data["n"])
+            with self._working:
+                self._on_names(data["n"])
         except Exception:
             log.warning("peewee_kvcache: L1 eviction from a notification failed",
                         exc_info=log.isEnabledFor(logging.DEBUG))

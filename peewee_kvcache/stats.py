@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict
 
+from . import forksafe
+
 COUNTERS = (
     "hits", "misses", "l1_hits", "l2_hits", "stores", "stores_refused", "uncacheable",
     "bypassed_in_transaction", "invalidations", "l1_errors", "l2_errors", "codec_errors",
@@ -24,6 +26,7 @@ class Counters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
         self._values: Counter = Counter()
 
     def incr(self, name: str, amount: int = 1) -> None:

@@ -1,19 +1,21 @@
-"""Run by test_lifecycle.py in a subprocess under faulthandler: two caches share one
-LocalKVNamespace; each round closes one while the other's background sweep reads and deletes.
+"""Run by test_lifecycle.py in a subprocess under faulthandler (closing a SQLite connection under a
+running statement was a segmentation fault: here a traceback and exit code 139, not a dead pytest).
 
-Closing the namespace used to close the sweeping thread's SQLite connection under its running
-statement: a segmentation fault, which faulthandler turns into a traceback and exit code 139.
-Usage: close_stress_worker.py DIRECTORY ROUNDS
+``rounds DIRECTORY N``: two caches share one LocalKVNamespace; each round closes one while the
+other's background sweep reads and deletes.
+``busy DIRECTORY``: close() while another thread's write waits on SQLite's busy timeout.
 """
 from __future__ import annotations
 
 import faulthandler
 import os
+import sqlite3
 import sys
 import threading
 
 from peewee_kvcache import CloudflareKVCache, LocalKVNamespace
 from peewee_kvcache.codec import CachedResult
+from peewee_kvcache.kv.base import KVError
 
 
 class SignallingNamespace(LocalKVNamespace):
@@ -26,9 +28,9 @@ class SignallingNamespace(LocalKVNamespace):
         return super().list(*args, **kwargs)
 
 
-def main(directory: str, rounds: int) -> None:
+def rounds(directory: str, count: str) -> None:
     row = CachedResult(("x",), ((1,),))
-    for _ in range(rounds):
+    for _ in range(int(count)):
         namespace = SignallingNamespace(os.path.join(directory, "kv"))
         closing = CloudflareKVCache(namespace, l1_directory=os.path.join(directory, "a"))
         sweeping = CloudflareKVCache(namespace, l1_directory=os.path.join(directory, "b"))
@@ -43,6 +45,39 @@ def main(directory: str, rounds: int) -> None:
     print("rounds done")
 
 
+def busy(directory: str) -> None:
+    """close() neither waits for nor closes a connection in use: its thread finishes the
+    statement, then closes it; later calls raise KVError."""
+    namespace = LocalKVNamespace(directory)
+    blocker = sqlite3.connect(os.path.join(directory, "kv.sqlite3"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write below waits on the busy timeout, in SQLite
+    outcome = []
+
+    def write() -> None:
+        try:
+            namespace.put("key", b"value")
+            outcome.append("written")
+        except KVError as exc:
+            outcome.append(repr(exc))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    while sys._current_frames()[writer.ident].f_code.co_name != "_write":  # in the statement
+        threading.Event().wait(0.01)
+    closer = threading.Thread(target=namespace.close)
+    closer.start()
+    closer.join(5)
+    print("close returned" if not closer.is_alive() else "close blocked", flush=True)
+    blocker.execute("ROLLBACK")
+    writer.join(10)
+    blocker.close()
+    print("outcome", outcome, flush=True)
+    try:
+        namespace.get("key")
+    except KVError as exc:
+        print("after close:", exc, flush=True)
+
+
 if __name__ == "__main__":
     faulthandler.enable()
-    main(sys.argv[1], int(sys.argv[2]))
+    {"rounds": rounds, "busy": busy}[sys.argv[1]](*sys.argv[2:])

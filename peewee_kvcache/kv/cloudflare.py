@@ -25,6 +25,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
+from .. import forksafe
 from ..config import check_number
 from . import limits
 from .base import KVError, KVNamespace, KVOutcomeUnknown, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
@@ -67,6 +68,7 @@ class RequestBudget:
         self._tokens = self.burst
         self._stamp = time.monotonic()
         self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
 
     def __repr__(self) -> str:
         return f"RequestBudget({self.capacity:g}, {self.period:g}, burst={self.burst:g})"
@@ -128,6 +130,16 @@ def _check_timeout(name: str, value: Any) -> None:
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name} must be seconds > 0 or a (connect, read) pair of them, got "
                         f"{value!r}") from None
+
+
+def _pooled_session(authorization: str, retry: Retry) -> requests.Session:
+    """A session with its own connection pool; the token lives only in its header."""
+    session = requests.Session()
+    session.headers["Authorization"] = authorization
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 def _json_array(items: List[bytes], max_items: int) -> Iterator[bytes]:
@@ -195,6 +207,7 @@ class CloudflareKVNamespace(KVNamespace):
         # invalidation that should have removed it: writes are resent only when KV refused them
         # (429) or the connection never opened; any other failure is reported as unknown.
         self._write_session = self._new_session(api_token, retries, backoff_factor, resend=False)
+        forksafe.after_fork_in_child(self._after_fork)
 
     @staticmethod
     def _new_session(api_token: str, retries: int, backoff_factor: float,
@@ -204,12 +217,20 @@ class CloudflareKVNamespace(KVNamespace):
                        status_forcelist=_RETRY_STATUSES if resend else frozenset([429]),
                        allowed_methods=None, respect_retry_after_header=True,
                        raise_on_status=False, **({} if resend else {"read": 0, "other": 0}))
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {api_token}"
-        adapter = HTTPAdapter(max_retries=retry)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        return session
+        return _pooled_session(f"Bearer {api_token}", retry)
+
+    def _after_fork(self) -> None:
+        """A forked child must never send on the parent's pooled sockets (two processes' bytes
+        would interleave on one connection), nor wait on a pool lock a parent thread held: it
+        gets new sessions with the same credentials and retry policies. Closing the inherited
+        ones only closes this process's descriptors (no shutdown): the parent keeps its
+        connections."""
+        inherited = (self._session, self._read_session, self._write_session)
+        self._session, self._read_session, self._write_session = (
+            _pooled_session(old.headers["Authorization"], old.get_adapter("https://").max_retries)
+            for old in inherited)
+        for old in inherited:
+            old.close()
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> "CloudflareKVNamespace":

@@ -72,7 +72,6 @@ class _Handle:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.lock = threading.Lock()
-        self.thread = threading.current_thread()
         self.closed = False
 
     def close_if_idle(self) -> bool:
@@ -116,10 +115,11 @@ class LocalKVNamespace(KVNamespace):
         self._handles = {}
 
     def _handle(self) -> _Handle:
-        """This thread's connection, opened on first use (dead threads' ones closed then)."""
+        """This thread's connection, opened on first use. (A thread that ended left its
+        connection idle: a new thread given the same ident takes it over.)"""
         ident = threading.get_ident()
         handle = self._handles.get(ident)
-        if handle is not None and handle.thread is threading.current_thread():
+        if handle is not None:
             return handle
         if self._closed:
             raise KVError(f"{self!r} is closed")
@@ -132,9 +132,6 @@ class LocalKVNamespace(KVNamespace):
             with self._lock:
                 if self._closed:
                     raise KVError(f"{self!r} is closed")
-                for key, other in list(self._handles.items()):  # idle: their threads ended
-                    if not other.thread.is_alive() and other.close_if_idle():
-                        del self._handles[key]
                 handle = self._handles[ident] = _Handle(conn)
         except BaseException:
             conn.close()  # nobody else ever saw it
