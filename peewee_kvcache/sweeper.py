@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from . import forksafe
 from .config import now_ms
 from .index import EVERYTHING
 from .outbox import Job, backoff_ms
@@ -33,6 +34,7 @@ class Sweeper:
     def __init__(self, cache: "CloudflareKVCache"):
         self.cache = cache
         self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
         self._own_jobs: Set[str] = set()
         #: names whose L1 bump failed (see _bump) -> that failure's number
         self._untrusted: Dict[str, int] = {}

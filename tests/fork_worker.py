@@ -119,6 +119,7 @@ def held_locks(cache: CloudflareKVCache, db: peewee.Database) -> List[Any]:
     """Every lock a request thread or the writer may hold at the moment of a fork."""
     namespace = cache.namespace
     locks = [cache.writer._cond, cache.memory._lock, cache.breaker._lock, cache.counters._lock,
+             cache.read_breaker._lock, cache.sweeper._lock,
              getattr(namespace, "_lock", None), getattr(namespace.budget, "_lock", None)
              if hasattr(namespace, "budget") and namespace.budget else None,
              getattr(db, "_kv_listener_lock", None)]
