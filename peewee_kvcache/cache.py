@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Typ
 
 import platformdirs
 
-from . import index
+from . import index, session
 from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpenError
 from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     decode_entry_full, encode_entry)
@@ -507,7 +507,9 @@ class CloudflareKVCache:
         self.invalidate_names([EVERYTHING])
 
     def invalidate_names(self, names: Sequence[str]) -> None:
-        """Invalidate now: record the sweep, bump the tokens, sweep L2 in the background."""
+        """Invalidate now: record the sweep, bump the tokens, sweep L2 in the background; inside
+        a transaction of the calling thread's connection, again at its COMMIT."""
+        session.defer_to_commit(self, names)
         job = self.prepare_invalidation(names)
         if job is not None:
             self.complete_invalidation(job)

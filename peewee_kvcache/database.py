@@ -6,9 +6,10 @@ reaches ``execute_sql`` (query objects and raw SQL alike) is analysed, and the t
 in autocommit; inside a transaction at COMMIT (until then its reads of those tables bypass the
 cache), before Peewee runs the user's after-commit callbacks.
 
-Transaction state is per thread (as Peewee's connection state is) and is taken *before* COMMIT or
-ROLLBACK is sent, so a failure there can never leave state behind that would swallow later
-invalidations or disable caching.
+Transaction and session state belong to the connection (see session.py); one parser (tables.py)
+decides what a statement does to them, however it is spelled or commented. Transaction state is
+taken *before* COMMIT or ROLLBACK is sent, so a failure there can never leave state behind that
+would swallow later invalidations or disable caching.
 """
 from __future__ import annotations
 
@@ -16,42 +17,29 @@ import hashlib
 import logging
 import os
 import threading
+import uuid
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import parse_qs
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
-from . import forksafe, notify
+from . import forksafe, notify, session
 from .cache import CloudflareKVCache, feed, key_hash
 from .codec import CachedResult, UnsupportedValue, encode_params
 from .config import now_ms
 from .cursor import CachedCursor
-from .index import table_name
-from .names import EVERYTHING, stamp_names, tag_digest_part
+from .names import EVERYTHING, stamp_names, tag_digest_part, write_names
 from .notify import Listener
 from .query import CacheOptions, find_options
-from .tables import analyze_sql, cascade_closure
+from .session import Memos, Session, Sessions, Transaction
+from .tables import OPAQUE, SqlInfo, analyze_sql, cascade_closure
 
 log = logging.getLogger("peewee_kvcache")
 
 _SECRET_PARAMS = frozenset({"password", "passwd"})
 _DEFAULT_OPTIONS = CacheOptions()
-
-
-@dataclass
-class _Txn:
-    """One open transaction on this thread: its baseline token counter and what it wrote."""
-
-    baseline: Optional[int]
-    written: Set[str] = field(default_factory=set)
-    everything: bool = False
-
-
-def _names(tables: Iterable[str], everything: bool) -> List[str]:
-    """Token names a write invalidates."""
-    return ([EVERYTHING] if everything else []) + [table_name(t) for t in tables]
 
 
 def _close_elsewhere(cache: CloudflareKVCache) -> None:
@@ -72,6 +60,25 @@ def _dialect(db: peewee.Database) -> str:
     return "sqlite"
 
 
+def _sqlite_memory(database: Any, connect_params: Dict[str, Any]) -> str:
+    """"private" when each connection opens a database of its own (``:memory:``, a
+    ``file::memory:`` or ``mode=memory`` URI), "shared" for one shared by name within this
+    process (``cache=shared``, ``vfs=memdb``), "" for a file."""
+    if not isinstance(database, str):
+        return ""
+    if database == ":memory:":
+        return "private"
+    if not (connect_params.get("uri") and database.startswith("file:")):
+        return ""
+    path, _, query = database[len("file:"):].partition("?")
+    options = {key: values[-1] for key, values in parse_qs(query).items()}
+    if options.get("vfs") == "memdb":
+        return "shared"
+    if path != ":memory:" and options.get("mode") != "memory":
+        return ""
+    return "shared" if options.get("cache") == "shared" else "private"
+
+
 class CachedDatabase:
     """Mix into any Peewee database: ``class MyDB(CachedDatabase, peewee.PostgresqlDatabase)``.
 
@@ -88,38 +95,57 @@ class CachedDatabase:
             # not at exit: the writer's exit hook already bounds that drain (exit_timeout)
             weakref.finalize(self, _close_elsewhere, cache).atexit = False
         self.cache = cache
-        self._kv_local = threading.local()
-        self._kv_identity: Optional[bytes] = None
-        self._kv_sql_hashes: Dict[str, Any] = {}
+        session.watch(cache, self._kv_open_transaction)
         self._kv_dialect = _dialect(self)  # type: ignore[arg-type]
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
     def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
-        self._kv_identity = None  # a re-init may point at another server
-        self._kv_sql_hashes = {}
         super().init(database, *args, **kwargs)  # type: ignore[misc]
+        self._kv_identity: Optional[bytes] = None  # a re-init may point at another server
+        memory = (_sqlite_memory(database, self.connect_params)  # type: ignore[attr-defined]
+                  if self._kv_dialect == "sqlite" else "")
+        self._kv_memory = memory + ":" + uuid.uuid4().hex if memory == "shared" else memory
+        self._kv_sessions = Sessions(self._identity, per_connection=memory == "private",
+                                     pooled=isinstance(self, PooledDatabase))
 
-    def _sql_hash(self, sql: str) -> "hashlib._Hash":
-        """A hash already fed the database identity and ``sql``: a hit only hashes its params."""
-        cached = self._kv_sql_hashes.get(sql)
+    def _sql_hash(self, current: Session, sql: str) -> "hashlib._Hash":
+        """A hash already fed the connection's identity and ``sql``: a hit only hashes its
+        params."""
+        cached = current.hashes.get(sql)
         if cached is None:
-            if len(self._kv_sql_hashes) >= 4096:
-                self._kv_sql_hashes.clear()
-            cached = key_hash(self._identity(), sql.encode())
-            self._kv_sql_hashes[sql] = cached
+            cached = key_hash(current.identity, sql.encode())
+            Memos.remember(current.hashes, sql, cached)
         return cached.copy()
 
     def _identity(self) -> bytes:
         """Database, host, port, user, options (search_path...): the same SQL run by another
-        role or against another schema must never share an entry. Passwords are left out."""
+        role or against another schema must never share an entry. Passwords are left out. An
+        in-memory SQLite database is only ever itself: its identity has a random part (per
+        connection, see :class:`Sessions`, or per object for one shared by name)."""
         if self._kv_identity is None:
             params = sorted((k, repr(v)) for k, v in self.connect_params.items()  # type: ignore
                             if k not in _SECRET_PARAMS)
             database = self.database  # type: ignore[attr-defined]
-            if self._kv_dialect == "sqlite" and database and database != ":memory:":
+            if self._kv_dialect == "sqlite" and database and not self._kv_memory:
                 database = os.path.abspath(database)
-            self._kv_identity = repr((self._kv_dialect, database, params)).encode()
+            self._kv_identity = repr((self._kv_dialect, database, params,
+                                      self._kv_memory)).encode()
         return self._kv_identity
+
+    def _kv_session(self, connect: bool = False) -> Session:
+        """The current connection's session. A connection not opened yet is fresh (its session
+        empty) unless ``connect`` asks or :attr:`Sessions.needs_connection`: then it is opened,
+        as the statement about to run would."""
+        state = self._state  # type: ignore[attr-defined]
+        current = getattr(state, "kv_session", None)
+        conn = state.conn
+        if current is not None and current.owns(conn):
+            return current
+        if conn is None:
+            if not (connect or self._kv_sessions.needs_connection):
+                return self._kv_sessions.detached()
+            conn = self.connection()  # type: ignore[attr-defined]
+        return self._kv_sessions.bind(state, conn)
 
     # -- reads ------------------------------------------------------------------------------
     def execute(self, query: Any, *args: Any, **context_options: Any) -> Any:
@@ -140,18 +166,19 @@ class CachedDatabase:
                 log.debug("peewee_kvcache: not caching: %s", info.reason)
                 self.cache.counters.incr("uncacheable")
             return self.execute_sql(sql, params)
-        txn = self._kv_txn()
-        if txn is not None and (txn.everything or txn.written & info.read_tables):
+        current = self._kv_session()
+        txn = current.txn
+        names = stamp_names(info.read_tables, options.tags, options.auto_invalidate)
+        if txn is not None and txn.bypasses(info.read_tables, names):
             self.cache.counters.incr("bypassed_in_transaction")
             return self._run(sql, params)
         try:
-            digest = feed(self._sql_hash(sql), encode_params(params or ()),
+            digest = feed(self._sql_hash(current, sql), encode_params(params or ()),
                           tag_digest_part(options.tags, options.auto_invalidate)).hexdigest()
         except UnsupportedValue as exc:
             log.debug("peewee_kvcache: not caching: %s", exc)
             self.cache.counters.incr("uncacheable")
             return self._run(sql, params)
-        names = stamp_names(info.read_tables, options.tags, options.auto_invalidate)
         self._on_cached_read()
         result = self.cache.lookup(digest, names)
         if result is not None:
@@ -167,28 +194,22 @@ class CachedDatabase:
             if txn is None and leader:
                 self.cache.end_fill(digest)
 
-    def _fill(self, digest: str, names: List[str], sql: str, params: Any,
-              options: CacheOptions, txn: Optional[_Txn]) -> Any:
-        """Run the query and store its result (when the rules allow)."""
-        started_ms = now_ms()
+    def _fill(self, digest: str, names: Sequence[str], sql: str, params: Any,
+              options: CacheOptions, txn: Optional[Transaction]) -> Any:
+        """Run the query and store its result (when the rules allow).
+
+        The result is stamped with when its snapshot may have been taken: the query's start, or
+        inside a transaction its BEGIN (a REPEATABLE READ snapshot predates the query and maybe
+        another host's commit, whose sweeps keep results stamped later than the write)."""
+        started_ms = txn.began_ms if txn is not None else now_ms()
         tokens = self.cache.tokens(names)  # before the query: see l1.py on the store race
         cursor = self._run(sql, params)
-        if tokens is None or not self._may_store(txn, tokens):
+        if tokens is None or (txn is not None and not txn.may_store(tokens)):
             return cursor
         result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
         cursor.close()
         self.cache.store(digest, names, tokens, result, options.config, started_ms)
         return CachedCursor(result)
-
-    @staticmethod
-    def _may_store(txn: Optional[_Txn], tokens: Any) -> bool:
-        """Outside a transaction always; inside one only before it wrote, and only if no name was
-        bumped since BEGIN (a REPEATABLE READ snapshot may predate that write's commit)."""
-        if txn is None:
-            return True
-        if txn.written or txn.everything or txn.baseline is None:
-            return False
-        return all(token <= txn.baseline for token in tokens)
 
     def _run(self, sql: str, params: Any) -> Any:
         """Send a statement already known to be a read, without analysing it again."""
@@ -197,20 +218,17 @@ class CachedDatabase:
     # -- writes -----------------------------------------------------------------------------
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
         info = analyze_sql(sql, self._kv_dialect)
-        if info.kind == "transaction":
-            cursor = super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
-            self._on_transaction_statement(sql)
-            return cursor
+        if info.control or info.session:
+            return self._execute_stateful(sql, params, info, *args, **kwargs)
         if not (info.written_tables or info.writes_unknown):
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
         tables = cascade_closure(info.written_tables)
-        txn = self._kv_txn()
+        current = self._kv_bound_session()
+        txn = current.txn if current is not None else None
         if txn is not None:  # invalidated at COMMIT; until then reads of these bypass the cache
-            txn.written |= tables
-            txn.everything |= info.writes_unknown
+            txn.wrote(tables, info.writes_unknown)
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
-        names = _names(tables, info.writes_unknown)
-        job = self.cache.prepare_invalidation(names)
+        job = self.cache.prepare_invalidation(write_names(tables, info.writes_unknown))
         try:
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
         finally:  # even a failed write may have changed rows (a server-side partial effect)
@@ -218,30 +236,85 @@ class CachedDatabase:
                 self.cache.complete_invalidation(job)
                 self._broadcast(job.names)
 
+    def _execute_stateful(self, sql: str, params: Any, info: SqlInfo, *args: Any,
+                          **kwargs: Any) -> Any:
+        """Transaction control and session changes, alone or in a batch with writes: each
+        statement's effect applied in order, as :meth:`begin`, :meth:`commit` and the write path
+        would. Transaction state is settled before the statement is sent; if it fails, a COMMIT
+        or ROLLBACK still ended the transaction, and a BEGIN opened nothing."""
+        current = self._kv_session(connect=True)
+        before = txn = current.txn
+        committed: List[str] = []  # names of the transactions it commits
+        autocommitted: List[str] = []  # names it writes outside any transaction
+        for step in info.steps or (info,):
+            for action in step.control:
+                if action == "begin" and txn is None:
+                    txn = Transaction(self.cache.seq(), now_ms())  # both before BEGIN is sent
+                elif action != "begin":
+                    if txn is not None and action == "commit":
+                        committed += txn.commit_names()
+                    txn = None
+            if step.written_tables or step.writes_unknown:
+                tables = cascade_closure(step.written_tables)
+                if txn is not None:
+                    txn.wrote(tables, step.writes_unknown)
+                else:
+                    autocommitted += write_names(tables, step.writes_unknown)
+            if step.session:
+                self._kv_session_changed(current, step.session, sql, params, txn is not None)
+        current.txn = txn
+        job = self.cache.prepare_invalidation(committed + autocommitted)
+        if committed:
+            self._broadcast(committed)  # inside the transaction: delivered with the commit
+        try:
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            ended = "commit" in info.control or "rollback" in info.control
+            current.txn = None if ended else before
+            raise
+        finally:  # even a failed statement may have committed or written
+            if job is not None:
+                self.cache.complete_invalidation(job)
+                if autocommitted:
+                    self._broadcast(autocommitted)
+
+    def _kv_session_changed(self, current: Session, key: str, sql: str, params: Any,
+                            in_transaction: bool) -> None:
+        """A statement (with its parameters) set ``key``; inside a transaction a rollback may
+        undo it (PostgreSQL), so it can't be keyed."""
+        try:
+            statement = sql.encode() + b"\x00" + encode_params(params or ())
+        except UnsupportedValue:
+            key, statement = OPAQUE, b""
+        self._kv_sessions.changed(current, OPAQUE if in_transaction else key, statement)
+
     # -- transactions -----------------------------------------------------------------------
-    def _kv_txn(self) -> Optional[_Txn]:
-        return getattr(self._kv_local, "txn", None)
+    def _kv_bound_session(self) -> Optional[Session]:
+        """The current connection's session if it has one already (never connects): every
+        transaction begins on a bound session."""
+        state = getattr(self, "_state", None)  # None while Peewee's __init__ runs
+        current = getattr(state, "kv_session", None)
+        return current if current is not None and current.owns(state.conn) else None
 
-    def _start_txn(self) -> None:
-        if self._kv_txn() is None:
-            self._kv_local.txn = _Txn(self.cache.seq())
+    def _kv_open_transaction(self) -> Optional[Transaction]:
+        """The open transaction of the calling thread's connection, if any."""
+        current = self._kv_bound_session()
+        return current.txn if current is not None else None
 
-    def _take_txn(self) -> Optional[_Txn]:
-        txn = self._kv_txn()
-        self._kv_local.txn = None
-        return txn
-
-    @staticmethod
-    def _txn_names(txn: Optional[_Txn]) -> List[str]:
-        return _names(txn.written, txn.everything) if txn is not None else []
+    def _kv_end_transaction(self) -> List[str]:
+        """End the connection's transaction; the names its COMMIT must invalidate."""
+        current = self._kv_bound_session()
+        txn = current.end() if current is not None else None
+        return txn.commit_names() if txn is not None else []
 
     def begin(self, *args: Any, **kwargs: Any) -> Any:
+        baseline, began_ms = self.cache.seq(), now_ms()  # before BEGIN: no snapshot is older
         result = super().begin(*args, **kwargs)  # type: ignore[misc]
-        self._start_txn()
+        self._kv_session(connect=True).begin(baseline, began_ms)
         return result
 
     def commit(self) -> Any:
-        job = self.cache.prepare_invalidation(self._txn_names(self._take_txn()))
+        job = self.cache.prepare_invalidation(self._kv_end_transaction())
         if job is not None:
             self._broadcast(job.names)  # inside the transaction: delivered with the commit
         try:
@@ -251,12 +324,15 @@ class CachedDatabase:
                 self.cache.complete_invalidation(job)
 
     def rollback(self) -> Any:
-        self._take_txn()  # nothing uncommitted was ever stored, so nothing to invalidate
+        self._kv_end_transaction()  # nothing uncommitted was ever stored: nothing to invalidate
         return super().rollback()  # type: ignore[misc]
 
     def close(self) -> Any:
+        current = self._kv_bound_session()
         closed = super().close()  # type: ignore[misc]
-        self._take_txn()  # a connection closed mid-transaction rolled it back
+        if current is not None:  # a pooled connection keeps its session for its next user
+            current.end()  # a connection closed mid-transaction rolled it back
+            self._state.kv_session = None  # type: ignore[attr-defined]
         return closed
 
     def _broadcast(self, names: Sequence[str]) -> None:
@@ -264,20 +340,6 @@ class CachedDatabase:
 
     def _on_cached_read(self) -> None:
         """Hook before a lookup; PostgreSQL starts its NOTIFY listener here."""
-
-    def _on_transaction_statement(self, sql: str) -> None:
-        """Raw BEGIN / COMMIT / ROLLBACK sent through ``execute_sql`` count like the methods."""
-        words = sql.strip().rstrip(";").upper().split()
-        if not words:
-            return
-        if words[0] in ("BEGIN", "START"):
-            self._start_txn()
-        elif words[0] in ("COMMIT", "END"):
-            names = self._txn_names(self._take_txn())
-            self.cache.invalidate_names(names)
-            self._broadcast(names)
-        elif words[0] == "ROLLBACK" and "TO" not in words:
-            self._take_txn()
 
 
 class CachedSqliteDatabase(CachedDatabase, peewee.SqliteDatabase):

@@ -9,12 +9,15 @@ import peewee
 
 from . import index
 from .index import EVERYTHING
-from .tables import normalize_table
+from .tables import table_key, table_names_in
+
 MAX_TAG_BYTES = 128
 
 
 def table_names_of(tables: Iterable[Any]) -> List[str]:
-    """Normalised table names from models, ``Table`` objects or strings (one, or a collection)."""
+    """Table names (as the SQL parser reports them) from models, ``Table`` objects or strings (one,
+    or a collection). A model or ``Table`` names its table exactly; a string may also be a quoted
+    or schema-qualified reference, and then counts both ways (see ``table_names_in``)."""
     if tables is None:
         return []
     if isinstance(tables, (str, peewee.Table)) or _is_model(tables):
@@ -22,18 +25,22 @@ def table_names_of(tables: Iterable[Any]) -> List[str]:
     elif not isinstance(tables, (list, tuple, set, frozenset)):
         raise ValueError(f"tables must be a model, a Table, a name or a list of them, "
                          f"got {tables!r}")
-    names = []
+    names: List[str] = []
     for table in tables:
         if _is_model(table):
-            name = table._meta.table_name
+            names.append(table_key(table._meta.table_name))
         elif isinstance(table, peewee.Table):
-            name = table.__name__
+            names.append(table_key(table.__name__))
         elif isinstance(table, str) and table.strip():
-            name = table
+            names.extend(sorted(table_names_in(table)))
         else:
             raise ValueError(f"not a table: {table!r} (give a model, a Table or a table name)")
-        names.append(normalize_table(name))
     return names
+
+
+def write_names(tables: Iterable[str], everything: bool) -> List[str]:
+    """Token names a write of ``tables`` invalidates (``everything``: its tables are unknown)."""
+    return ([EVERYTHING] if everything else []) + [index.table_name(t) for t in tables]
 
 
 def tag_list(tags: Union[str, Iterable[str], None]) -> List[str]:

@@ -4,12 +4,16 @@ The cache tags every cached SELECT with the tables it read and drops those entri
 touches one of them, so a table missed here means stale results while an extra one only costs a
 cache miss. Everything therefore errs towards "more": names are compared bare and lowercase, and
 whatever cannot be resolved is reported as ``writes_unknown`` so the caller invalidates everything.
+
+The same analysis, and no other, says what a statement does to its connection's transaction
+(BEGIN, COMMIT, ROLLBACK however spelled or commented) and session (SET, USE, temporary tables):
+the state the database layer keeps per connection.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, replace
-from typing import Dict, FrozenSet, Iterable, List, Set, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import peewee
 from sqlglot import exp
@@ -30,6 +34,13 @@ class SqlInfo:
     writes_unknown: bool = False
     cacheable: bool = False
     reason: str = ""
+    #: what it does to the connection's transaction, in order: "begin", "commit", "rollback"
+    control: Tuple[str, ...] = ()
+    #: what it sets in the connection's session ("" nothing, :data:`OPAQUE` unknowable): see
+    #: :func:`_session_key`
+    session: str = ""
+    #: a batch's statements, in order (empty for one statement)
+    steps: Tuple["SqlInfo", ...] = ()
 
 
 class _PeeweeMySQL(MySQL):
@@ -54,12 +65,44 @@ _DIALECTS: Dict[str, Dialect] = {
 
 # First keywords settled without sqlglot: Peewee sends these constantly and sqlglot mis-parses some.
 _TRANSACTION = frozenset({
-    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+    "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "PREPARE", "XA",
 })
 _NO_ROW_CHANGE = frozenset({
     "SET", "SHOW", "PRAGMA", "VACUUM", "ANALYZE", "ANALYSE", "LISTEN", "UNLISTEN", "NOTIFY", "USE",
     "CHECKPOINT", "REINDEX", "CLUSTER", "GRANT", "REVOKE", "LOCK", "UNLOCK", "DISCARD", "RESET",
     "DEALLOCATE", "ATTACH", "DETACH",
+})
+#: a session change no other connection can be known to share (see :func:`_session_key`)
+OPAQUE = "?"
+_SESSION = frozenset({"SET", "RESET", "DISCARD", "USE", "ATTACH", "DETACH", "PRAGMA"})
+# SET forms named by keywords, not by a variable: (leading words, key; "" = no session change)
+_SET_FORMS = (
+    (("TRANSACTION",), ""), (("CONSTRAINTS",), ""), (("SESSION", "TRANSACTION"), ""),
+    (("SESSION", "CHARACTERISTICS"), ""), (("PASSWORD",), ""), (("DEFAULT", "ROLE"), ""),
+    (("SESSION", "AUTHORIZATION"), "session authorization"), (("SESSION", "ROLE"), "role"),
+    (("ROLE",), "role"), (("SESSION", "TIME", "ZONE"), "timezone"), (("TIME", "ZONE"), "timezone"),
+    (("NAMES",), "names"), (("CHARACTER", "SET"), "charset"), (("CHARSET",), "charset"),
+)
+_XA_ACTIONS = {"START": ("begin",), "BEGIN": ("begin",), "PREPARE": ("commit",),
+               "COMMIT": ("commit",), "ROLLBACK": ("rollback",)}
+_SET_SCOPES = frozenset({"LOCAL", "GLOBAL", "PERSIST", "PERSIST_ONLY"})  # not this session's own
+# SQLite pragmas that never change what a query returns (tuning, integrity, introspection)
+_PRAGMAS_UNRELATED = frozenset({
+    "busy_timeout", "cache_size", "cache_spill", "journal_mode", "journal_size_limit",
+    "synchronous", "mmap_size", "temp_store", "wal_autocheckpoint", "threads", "soft_heap_limit",
+    "hard_heap_limit", "analysis_limit", "automatic_index", "cell_size_check",
+    "checkpoint_fullfsync", "fullfsync", "locking_mode", "max_page_count", "page_size",
+    "secure_delete", "auto_vacuum", "optimize",
+    "foreign_keys", "defer_foreign_keys", "recursive_triggers", "ignore_check_constraints",
+    "query_only", "application_id", "user_version", "table_info", "table_xinfo", "table_list",
+    "index_info", "index_xinfo", "index_list", "foreign_key_list", "foreign_key_check",
+    "integrity_check", "quick_check", "database_list", "collation_list", "function_list",
+    "module_list", "pragma_list", "compile_options", "wal_checkpoint", "incremental_vacuum",
+    "shrink_memory",
+})
+_CONSTANT_TOKENS = frozenset({
+    TokenType.STRING, TokenType.NUMBER, TokenType.IDENTIFIER, TokenType.VAR, TokenType.COMMA,
+    TokenType.DASH, TokenType.PLUS, TokenType.DOT, TokenType.PLACEHOLDER, TokenType.MOD,
 })
 _EXPLAIN = frozenset({"EXPLAIN", "DESCRIBE", "DESC"})  # MySQL: DESCRIBE is a synonym of EXPLAIN
 _OPAQUE = frozenset({"CALL", "DO", "EXECUTE", "EXEC"})  # run code whose writes the text hides
@@ -102,13 +145,29 @@ _OPEN_QUOTES = {'"': '"', "`": "`", "[": "]"}
 _CASCADING_ACTIONS = frozenset({"CASCADE", "SET NULL", "SET DEFAULT"})
 
 
-def normalize_table(name: str) -> str:
-    """Bare lowercase table name: quotes removed, schema/database qualifier dropped."""
+def table_key(identifier: str) -> str:
+    """How a table is named everywhere (stamps, invalidation, cascades): its identifier exactly
+    as Peewee's ``table_name`` and the SQL parser give it (unquoted, unqualified), lower-cased."""
+    return identifier.lower()
+
+
+def table_names_in(reference: str) -> FrozenSet[str]:
+    """The tables a user-written name may mean: the text as one identifier (a table may be
+    called ``my.table`` or ``we"ird``) and, read as a SQL reference (quotes, a schema qualifier),
+    its last part. Invalidating both costs at most a needless miss; missing one serves stale rows.
+    """
+    text = reference.strip()
+    last = _last_part(text)
+    return frozenset({table_key(text)} | ({table_key(last)} if last else set()))
+
+
+def _last_part(reference: str) -> Optional[str]:
+    """The last name of a dotted, possibly quoted SQL reference; None if a quote is left open."""
     current: List[str] = []
-    quote, i, text = "", 0, name.strip()
-    while i < len(text):
-        char = text[i]
-        if quote and char == quote and text[i + 1:i + 2] == quote:  # doubled quote = literal quote
+    quote, i = "", 0
+    while i < len(reference):
+        char = reference[i]
+        if quote and char == quote and reference[i + 1:i + 2] == quote:  # doubled = literal quote
             current.append(char)
             i += 1
         elif quote and char == quote:
@@ -122,7 +181,7 @@ def normalize_table(name: str) -> str:
         else:
             current.append(char)
         i += 1
-    return "".join(current).strip().lower()
+    return None if quote else "".join(current).strip()
 
 
 def _unknown_write(reason: str) -> SqlInfo:
@@ -164,6 +223,9 @@ def _combine(infos: List[SqlInfo]) -> SqlInfo:
         written_tables=frozenset().union(*(info.written_tables for info in infos)),
         writes_unknown=any(info.writes_unknown for info in infos),
         reason="multiple statements",
+        control=tuple(action for info in infos for action in info.control),
+        session=next((info.session for info in infos if info.session), ""),
+        steps=tuple(infos),
     )
 
 
@@ -185,14 +247,165 @@ def _first_word(sql: str) -> Tuple[str, int]:
     return sql[i:end].upper(), i
 
 
+def _words(sql: str, offset: int, count: int) -> List[str]:
+    """Up to ``count`` keywords of ``sql`` from ``offset``, stopping at anything else."""
+    words: List[str] = []
+    while len(words) < count:
+        word, start = _first_word(sql[offset:])
+        if not word:
+            break
+        words.append(word)
+        offset += start + len(word)
+    return words
+
+
+def _transaction(sql: str, offset: int, parser: Dialect) -> Optional[SqlInfo]:
+    """What a statement starting with a :data:`_TRANSACTION` word does to the transaction;
+    None when it is no transaction statement after all (``START SLAVE``, ``PREPARE p AS``)."""
+    first, *rest = _words(sql, offset, 8)
+    if first == "XA":
+        return _xa(rest)
+    if first == "PREPARE":  # PostgreSQL two-phase commit: the transaction ends here
+        return _control("commit") if rest[:1] == ["TRANSACTION"] else None
+    if first == "START" and rest[:1] != ["TRANSACTION"]:
+        return None
+    if first == "BEGIN" and rest[:2] == ["NOT", "ATOMIC"]:  # MariaDB compound statement
+        return _unknown_write("BEGIN NOT ATOMIC runs code whose writes are not visible")
+    if rest[:1] == ["PREPARED"]:  # COMMIT/ROLLBACK PREPARED: another transaction's writes
+        return _unknown_write("COMMIT PREPARED") if first == "COMMIT" else _control()
+    if first in ("BEGIN", "START"):  # MySQL commits an open transaction first
+        return _control("commit", "begin") if isinstance(parser, MySQL) else _control("begin")
+    if first in ("SAVEPOINT", "RELEASE") or "TO" in rest:  # ROLLBACK [WORK] TO [SAVEPOINT] s
+        return _control()
+    ending = "commit" if first in ("COMMIT", "END") else "rollback"  # ROLLBACK, ABORT
+    chained = "CHAIN" in rest and rest[rest.index("CHAIN") - 1] != "NO"  # AND CHAIN: BEGIN again
+    return _control(ending, "begin") if chained else _control(ending)
+
+
+def _xa(words: List[str]) -> SqlInfo:
+    """MySQL XA: START opens, PREPARE ends this connection's part, COMMIT may commit a prepared
+    transaction of any connection (its tables unknown)."""
+    verb = words[0] if words else ""
+    info = _control(*_XA_ACTIONS.get(verb, ()))
+    return replace(info, writes_unknown=True) if verb == "COMMIT" else info
+
+
+def _control(*actions: str) -> SqlInfo:
+    return SqlInfo("transaction", reason="transaction control", control=actions)
+
+
+def _session_key(word: str, rest: str, parser: Dialect) -> str:
+    """What a session statement (``rest`` follows ``word``) sets, as a key: statements with the
+    same key overwrite the same settings with constants, so a connection's session is known from
+    the last statement of each key, in order. "" when it leaves the session as it was (SHOW, SET
+    TRANSACTION, PRAGMA table_info); :data:`OPAQUE` when its effect can't be keyed (an expression,
+    a variable, a scope other than the session's own)."""
+    try:
+        tokens = parser.tokenize(rest)
+    except Exception:
+        return OPAQUE
+    words = [_keyword(token) for token in tokens]
+    if word == "USE":
+        return "use"
+    if word == "DISCARD" or (word == "RESET" and words == ["ALL"]):
+        return " ".join([word] + words).lower()
+    if word in ("ATTACH", "DETACH"):  # ATTACH [DATABASE] 'file' AS name / DETACH [DATABASE] name
+        return "attach:" + tokens[-1].text.lower() if tokens else OPAQUE
+    if word == "PRAGMA":
+        return _pragma_key(tokens)
+    if word == "RESET":
+        return "set:" + _set_form(words)[1] if words else OPAQUE
+    forms = _set_form(words)
+    if forms[0]:
+        return ("set:" + forms[1] if _constant(tokens[forms[0]:]) else OPAQUE) if forms[1] else ""
+    if words[:1] and words[0] in _SET_SCOPES:
+        return OPAQUE
+    if words[:1] == ["SESSION"]:
+        tokens = tokens[1:]
+    segments = [tokens]
+    if isinstance(parser, MySQL):  # SET a = 1, b = 2 (PostgreSQL: SET a TO x, y is one list)
+        segments = [[]]
+        for token in tokens:
+            if token.token_type == TokenType.COMMA:
+                segments.append([])
+            else:
+                segments[-1].append(token)
+    names = [_assigned(segment) for segment in segments]
+    return OPAQUE if not all(names) else "set:" + ",".join(sorted(names))
+
+
+def _set_form(words: List[str]) -> Tuple[int, str]:
+    """(length, key) of the keyword form ``words`` start with; (0, name) for ``RESET name``."""
+    for form, key in _SET_FORMS:
+        if tuple(words[:len(form)]) == form:
+            return len(form), key
+    return 0, " ".join(words).lower()
+
+
+def _assigned(tokens: List[Token]) -> str:
+    """The variable ``name = constant`` (or ``name TO constant``) sets; "" if not that shape."""
+    for i, token in enumerate(tokens):
+        if token.token_type in (TokenType.EQ, TokenType.COLON_EQ) or _keyword(token) == "TO":
+            name = "".join(t.text for t in tokens[:i]).lower()
+            for prefix in ("@@session.", "@@local.", "@@"):
+                if name.startswith(prefix) and not name.startswith("@@global."):
+                    name = name[len(prefix):]
+                    break
+            constant = i and not name.startswith("@@") and _constant(tokens[i + 1:])
+            return name if constant else ""
+    return ""
+
+
+def _pragma_key(tokens: List[Token]) -> str:
+    """``PRAGMA [schema.]name = value`` or ``name(value)`` sets ``name``; without a value it
+    only reads it."""
+    for i, token in enumerate(tokens):
+        if token.token_type in (TokenType.EQ, TokenType.L_PAREN):
+            name = tokens[i - 1].text.lower() if i else ""
+            if name in _PRAGMAS_UNRELATED:
+                return ""
+            value = [t for t in tokens[i + 1:] if t.token_type != TokenType.R_PAREN]
+            return "pragma:" + name if name and _constant(value) else OPAQUE
+    return ""
+
+
+def _constant(tokens: List[Token]) -> bool:
+    """Whether a SET value is literals and bare words only (no variable, call or expression)."""
+    return all((token.token_type in _CONSTANT_TOKENS or token.text.isidentifier())
+               and not token.text.startswith("@") for token in tokens)
+
+
+def _set_statement(rest: str, parser: Dialect) -> SqlInfo:
+    """MariaDB ``SET STATEMENT var = value [, ...] FOR statement`` (``rest`` follows SET): does
+    what the statement does, under settings of its own (so it is never cached)."""
+    try:
+        tokens = parser.tokenize(rest)
+    except Exception as error:
+        return _unknown_write(f"cannot tokenize SET STATEMENT: {error}")
+    depth = 0
+    for token, following in zip(tokens, tokens[1:]):
+        depth += (token.token_type == TokenType.L_PAREN) - (token.token_type == TokenType.R_PAREN)
+        if depth == 0 and _keyword(token) == "FOR":
+            inner = _analyze_statement(rest[following.start:], parser)
+            return replace(inner, cacheable=False, reason=inner.reason or "SET STATEMENT ... FOR")
+    return _unknown_write("SET STATEMENT without FOR")
+
+
 def _analyze_statement(sql: str, parser: Dialect) -> SqlInfo:
     word, offset = _first_word(sql)
     if word in _TRANSACTION:
-        return SqlInfo("transaction", reason="transaction control")
+        control = _transaction(sql, offset, parser)
+        if control is not None:
+            return control
     rest = sql[offset + len(word):]  # sqlglot tokenizes what follows EXPLAIN/RENAME as one string
     if word in _EXPLAIN:
         return _explain(rest, parser)
-    if word in _NO_ROW_CHANGE:
+    if word == "SET" and _words(rest, 0, 1) == ["STATEMENT"]:
+        return _set_statement(rest, parser)
+    if word in _SESSION:
+        return SqlInfo("other", reason=f"{word} changes no rows",
+                       session=_session_key(word, rest, parser))
+    if word in _NO_ROW_CHANGE or word == "START":
         return SqlInfo("other", reason=f"{word} changes no rows")
     if word in _OPAQUE:
         return _unknown_write(f"{word} runs code whose writes are not visible")
@@ -391,7 +604,16 @@ def _classify(statement: exp.Expression) -> SqlInfo:
         into = statement.find(exp.Into)
         reason = ("locking clause" if statement.find(exp.Lock) else
                   "SELECT INTO a variable" if into else _volatile(statement))
-    return SqlInfo(kind, reads, written, unknown, kind == "select" and not reason, reason)
+    return SqlInfo(kind, reads, written, unknown, kind == "select" and not reason, reason,
+                   session=OPAQUE if _changes_session(statement) else "")
+
+
+def _changes_session(statement: exp.Expression) -> bool:
+    """A temporary table or view shadows a table's name for this connection only; set_config()
+    is SET in a function call."""
+    if isinstance(statement, exp.Create) and statement.find(exp.TemporaryProperty):
+        return True
+    return any(call.name.lower() == "set_config" for call in statement.find_all(exp.Anonymous))
 
 
 def _cascades(field: peewee.ForeignKeyField) -> bool:
@@ -400,7 +622,8 @@ def _cascades(field: peewee.ForeignKeyField) -> bool:
 
 
 def cascade_closure(tables: Iterable[str]) -> FrozenSet[str]:
-    """``tables`` plus every table whose rows change with them through ON DELETE/UPDATE actions.
+    """``tables`` (as :func:`table_key` names them) plus every table whose rows change with them
+    through ON DELETE/UPDATE actions.
 
     The model classes are walked on every call (it only runs for writes) so that models defined
     or garbage-collected at runtime are always accounted for.
@@ -416,9 +639,9 @@ def cascade_closure(tables: Iterable[str]) -> FrozenSet[str]:
         pending.extend(model.__subclasses__())
         for field in model._meta.fields.values():
             if isinstance(field, peewee.ForeignKeyField) and _cascades(field):
-                parent = normalize_table(field.rel_model._meta.table_name)
-                dependents.setdefault(parent, set()).add(normalize_table(model._meta.table_name))
-    closure = {normalize_table(table) for table in tables}
+                parent = table_key(field.rel_model._meta.table_name)
+                dependents.setdefault(parent, set()).add(table_key(model._meta.table_name))
+    closure = {table_key(table) for table in tables}
     pending_tables = list(closure)
     while pending_tables:
         for child in dependents.get(pending_tables.pop(), ()):

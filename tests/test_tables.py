@@ -7,7 +7,7 @@ import pytest
 from peewee import SQL, CharField, ForeignKeyField, IntegerField, Model, Select, fn
 
 from peewee_kvcache import tables
-from peewee_kvcache.tables import SqlInfo, analyze_sql, cascade_closure, normalize_table
+from peewee_kvcache.tables import SqlInfo, analyze_sql, cascade_closure, table_names_in
 
 DATABASES: Dict[str, peewee.Database] = {
     "postgres": peewee.PostgresqlDatabase("x"),
@@ -432,6 +432,87 @@ def test_transaction_statements_skip_sqlglot(dialect: str, sql: str, monkeypatch
     analyze_sql.cache_clear()
 
 
+@pytest.mark.parametrize("dialect,sql,control", [
+    ("postgres", "/* app */ COMMIT", ("commit",)), ("sqlite", "commit;", ("commit",)),
+    ("postgres", "END", ("commit",)), ("sqlite", "end transaction", ("commit",)),
+    ("postgres", "ABORT", ("rollback",)), ("mysql", "-- x\nROLLBACK WORK", ("rollback",)),
+    ("postgres", "ROLLBACK TO SAVEPOINT s1", ()), ("mysql", "rollback work to s1", ()),
+    ("sqlite", 'RELEASE "s1"', ()), ("postgres", "SAVEPOINT s1", ()),
+    ("postgres", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ", ("begin",)),
+    ("postgres", "begin work", ("begin",)), ("sqlite", "BEGIN EXCLUSIVE TRANSACTION", ("begin",)),
+    ("mysql", "START TRANSACTION", ("commit", "begin")),  # MySQL commits an open one first
+    ("postgres", "COMMIT AND CHAIN", ("commit", "begin")),
+    ("mysql", "ROLLBACK AND NO CHAIN", ("rollback",)),
+    ("mysql", "COMMIT AND CHAIN NO RELEASE", ("commit", "begin")),
+    ("postgres", "PREPARE TRANSACTION 'x'", ("commit",)), ("postgres", "ROLLBACK PREPARED 'x'", ()),
+    ("mysql", "XA START 'x'", ("begin",)), ("mysql", "XA END 'x'", ()),
+    ("mysql", "XA PREPARE 'x'", ("commit",)), ("mysql", "XA ROLLBACK 'x'", ("rollback",)),
+])
+def test_transaction_control(dialect: str, sql: str, control: Tuple[str, ...]) -> None:
+    """One parser says what a statement does to the transaction, however it is spelled."""
+    info = analyze_sql(sql, dialect)
+    assert (info.kind, info.control, info.writes_unknown) == ("transaction", control, False)
+
+
+@pytest.mark.parametrize("dialect,sql,control", [
+    ("postgres", "COMMIT PREPARED 'x'", ()), ("mysql", "XA COMMIT 'x'", ("commit",)),
+])
+def test_commits_of_a_prepared_transaction_write_unknown_tables(dialect, sql, control) -> None:
+    info = analyze_sql(sql, dialect)
+    assert info.writes_unknown and info.control == control
+
+
+def test_a_batch_keeps_its_statements_in_order() -> None:
+    info = analyze_sql("BEGIN; UPDATE a SET x = 1; /* c */ COMMIT;", "postgres")
+    assert info.control == ("begin", "commit") and info.written_tables == {"a"}
+    assert [step.kind for step in info.steps] == ["transaction", "write", "transaction"]
+
+
+@pytest.mark.parametrize("dialect,sql", [("mysql", "START SLAVE"), ("mysql", "START REPLICA")])
+def test_start_without_transaction_is_not_a_begin(dialect: str, sql: str) -> None:
+    assert analyze_sql(sql, dialect).control == ()
+
+
+@pytest.mark.parametrize("dialect,sql,key", [
+    ("postgres", "SET search_path TO tenant2, public", "set:search_path"),
+    ("postgres", "set SESSION search_path = 'x'", "set:search_path"),
+    ("postgres", "RESET search_path", "set:search_path"),
+    ("postgres", "SET ROLE reader", "set:role"), ("postgres", "RESET ROLE", "set:role"),
+    ("postgres", "SET SESSION AUTHORIZATION u", "set:session authorization"),
+    ("postgres", "SET TIME ZONE 'UTC'", "set:timezone"),
+    ("postgres", "SET timezone = %s", "set:timezone"),
+    ("postgres", "SET LOCAL search_path TO x", tables.OPAQUE),
+    ("postgres", "RESET ALL", "reset all"), ("postgres", "DISCARD ALL", "discard all"),
+    ("postgres", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", ""),
+    ("postgres", "SET CONSTRAINTS ALL DEFERRED", ""),
+    ("postgres", "CREATE TEMP TABLE t (a int)", tables.OPAQUE),
+    ("postgres", "SELECT set_config('search_path', 'x', false)", tables.OPAQUE),
+    ("mysql", "USE shop", "use"), ("mysql", "SET NAMES utf8mb4", "set:names"),
+    ("mysql", "SET @@session.sql_mode = 'x', time_zone = '+00:00'", "set:sql_mode,time_zone"),
+    ("mysql", "SET @x = 1", "set:@x"), ("mysql", "SET @x = @x + 1", tables.OPAQUE),
+    ("mysql", "SET @@global.x = 1", tables.OPAQUE), ("mysql", "SET x = (SELECT 1)", tables.OPAQUE),
+    ("mysql", "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", ""),
+    ("mysql", "CREATE TEMPORARY TABLE t (a int)", tables.OPAQUE),
+    ("sqlite", "PRAGMA case_sensitive_like = 1", "pragma:case_sensitive_like"),
+    ("sqlite", "PRAGMA foreign_keys = ON", ""), ("sqlite", 'PRAGMA "main".table_info("book")', ""),
+    ("sqlite", "PRAGMA busy_timeout", ""),
+    ("sqlite", "ATTACH DATABASE 'f.db' AS aux", "attach:aux"),
+    ("sqlite", "DETACH DATABASE aux", "attach:aux"), ("sqlite", "SELECT 1", ""),
+    ("sqlite", "CREATE TABLE t (a int)", ""),
+])
+def test_session_keys(dialect: str, sql: str, key: str) -> None:
+    """Statements with one key overwrite the same settings with constants; OPAQUE ones can't be
+    matched with any other connection's."""
+    assert analyze_sql(sql, dialect).session == key
+
+
+def test_set_statement_for_does_what_its_statement_does() -> None:
+    info = analyze_sql("SET STATEMENT max_statement_time = 1 FOR UPDATE t SET a = 1", "mysql")
+    assert info.kind == "write" and info.written_tables == {"t"}
+    select = analyze_sql("SET STATEMENT sql_mode = '' FOR SELECT * FROM t", "mysql")
+    assert select.kind == "select" and not select.cacheable
+
+
 @pytest.mark.parametrize("dialect", DIALECTS)
 @pytest.mark.parametrize("sql", OTHER)
 def test_statements_that_change_no_rows(dialect: str, sql: str) -> None:
@@ -439,12 +520,16 @@ def test_statements_that_change_no_rows(dialect: str, sql: str) -> None:
 
 
 @pytest.mark.parametrize("name,expected", [
-    ('"public"."User"', "user"), ("public.User", "user"), ("`shop`.`Order`", "order"),
-    ("Book", "book"), ('"my.table"', "my.table"), ('"we""ird"', 'we"ird'), ("[dbo].[Item]", "item"),
-    ('  "T"  ', "t"),
+    ('"public"."User"', {'"public"."user"', "user"}), ("public.User", {"public.user", "user"}),
+    ("`shop`.`Order`", {"`shop`.`order`", "order"}), ("Book", {"book"}),
+    ('"my.table"', {'"my.table"', "my.table"}), ("my.table", {"my.table", "table"}),
+    ('"we""ird"', {'"we""ird"', 'we"ird'}), ('we"ird', {'we"ird'}),
+    ("[dbo].[Item]", {"[dbo].[item]", "item"}), ("br[ack]et", {"br[ack]et", "bracket"}),
+    ("back`tick", {"back`tick"}), ('  "T"  ', {'"t"', "t"}),
 ])
-def test_normalize_table(name: str, expected: str) -> None:
-    assert normalize_table(name) == expected
+def test_table_names_in(name: str, expected: set) -> None:
+    """A user-written name counts as the identifier it spells and as a SQL reference."""
+    assert table_names_in(name) == expected
 
 
 def test_results_are_memoised() -> None:
@@ -525,7 +610,7 @@ class CcInherited(CcChild):  # a subclass model is its own table with the parent
     ({"cc_root"}, {"cc_root", "cc_child", "cc_grandchild", "cc_nullable", "cc_defaulted",
                    "cc_inherited"}),
     ({"cc_child"}, {"cc_child", "cc_grandchild", "cc_defaulted"}),
-    ({'"public"."CC_Grandchild"'}, {"cc_grandchild"}),
+    ({"CC_Grandchild"}, {"cc_grandchild"}),
     ({"cc_plain"}, {"cc_plain"}),
     ({"cy_a"}, {"cy_a", "cy_b"}),
     ({"cy_b"}, {"cy_a", "cy_b"}),
@@ -555,6 +640,6 @@ def test_cascade_closure_sees_models_defined_and_collected_at_runtime() -> None:
     assert cascade_closure(["rt_parent"]) == {"rt_parent"}
 
 
-def test_cascade_closure_returns_frozenset_of_normalized_names() -> None:
-    result: FrozenSet[str] = cascade_closure(iter(["`CC_PLAIN`"]))
+def test_cascade_closure_returns_frozenset_of_lowercase_names() -> None:
+    result: FrozenSet[str] = cascade_closure(iter(["CC_PLAIN"]))
     assert result == frozenset({"cc_plain"}) and isinstance(result, frozenset)

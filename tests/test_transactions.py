@@ -157,7 +157,7 @@ def test_failure_at_begin_leaves_no_state(data, backend):
     with pytest.raises(Exception):
         with data.atomic(**bad):
             pass
-    assert data._kv_txn() is None and not data.in_transaction()
+    assert data._kv_open_transaction() is None and not data.in_transaction()
     User.update(score=4).execute()
     assert scores() == [("alice", 4)]
     scores()
@@ -170,7 +170,7 @@ def test_failure_in_body_rolls_back_and_keeps_caching(data):
         with data.atomic():
             User.update(score=7).execute()
             raise RuntimeError("boom")
-    assert data._kv_txn() is None
+    assert data._kv_open_transaction() is None
     assert scores() == [("alice", 1)]
     User.update(score=9).execute()
     assert scores() == [("alice", 9)]
@@ -192,7 +192,7 @@ def test_failure_at_commit_deferred_constraint(db, bind, backend):
         with db.atomic():
             User.update(score=2).execute()
             Post.insert(user=12345, title="orphan").execute()   # fails only at COMMIT
-    assert db._kv_txn() is None
+    assert db._kv_open_transaction() is None
     assert scores() == [("alice", 1)]
     User.update(score=3).execute()                               # later invalidations still work
     assert scores() == [("alice", 3)]

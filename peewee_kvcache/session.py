@@ -1,0 +1,235 @@
+"""What the cache tracks about one DB-API connection: its open transaction and its session.
+
+Both belong to the connection, not to the thread. With ``thread_safe=False`` threads share one
+connection and so one transaction: a read on any of them must see that the transaction wrote. A
+pooled connection keeps its ``SET search_path`` when another thread takes it from the pool.
+
+The session part keeps result keys apart when statements such as ``SET search_path``, ``SET
+ROLE`` or ``USE db`` make the same SQL mean something else. Each connection carries an identity
+(the database's, plus the session statements it ran) that feeds every key made on it; a hit pays
+nothing more than before, as the key hash prefix is memoised per identity. Statements are kept by
+what they set (:func:`tables._session_key`), last one per setting, in order, so connections that
+ran the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching
+between tenants reuses each tenant's entries instead of growing a new identity per request. A
+statement whose effect can't be keyed (an expression, a variable, a transaction that may roll it
+back) gives the connection an identity of its own until it is closed: never shared, never wrong.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from . import forksafe
+from .names import write_names
+from .tables import OPAQUE
+
+_MAX_MEMOS = 64
+_MAX_MEMO_ENTRIES = 4096
+
+
+@dataclass
+class Transaction:
+    """An open transaction: when it began and what it changed (invalidated again at COMMIT)."""
+
+    baseline: Optional[int]  # token counter before BEGIN: a later bump may be a newer commit
+    began_ms: int  # wall clock before BEGIN: no snapshot the transaction reads is older
+    written: Set[str] = field(default_factory=set)
+    everything: bool = False
+    #: token names invalidated by hand inside it: a reader may re-cache pre-commit rows meanwhile
+    invalidated: Set[str] = field(default_factory=set)
+
+    def wrote(self, tables: FrozenSet[str], everything: bool) -> None:
+        self.written |= tables
+        self.everything |= everything
+
+    def bypasses(self, tables: FrozenSet[str], names: Sequence[str]) -> bool:
+        """Whether a read must go to the database: it may see this transaction's own changes."""
+        return (self.everything or not self.written.isdisjoint(tables)
+                or not self.invalidated.isdisjoint(names))
+
+    def may_store(self, tokens: Sequence[int]) -> bool:
+        """Only before it changed anything, and only if no name was bumped since BEGIN (a
+        REPEATABLE READ snapshot may predate that write's commit)."""
+        if self.written or self.everything or self.invalidated or self.baseline is None:
+            return False
+        return all(token <= self.baseline for token in tokens)
+
+    def commit_names(self) -> List[str]:
+        """Token names its COMMIT invalidates."""
+        return write_names(self.written, self.everything) + sorted(self.invalidated)
+
+
+class Session:
+    """One connection: its open transaction and the identity its result keys are made with."""
+
+    def __init__(self, conn: Any, base: bytes, memos: "Memos"):
+        self._conn = _reference(conn)
+        self._base = base
+        self._memos = memos
+        self._settings: Dict[str, bytes] = {}
+        self.txn: Optional[Transaction] = None
+        self.identity = base
+        self.hashes = memos.get(base)
+
+    def owns(self, conn: Any) -> bool:
+        return conn is not None and self._conn() is conn
+
+    def begin(self, baseline: Optional[int], began_ms: int) -> None:
+        if self.txn is None:
+            self.txn = Transaction(baseline, began_ms)
+
+    def end(self) -> Optional[Transaction]:
+        txn, self.txn = self.txn, None
+        return txn
+
+    def changed(self, key: str, statement: bytes) -> None:
+        """Record a statement that changed the session: ``key`` says what it set (the last
+        statement of each key counts), :data:`OPAQUE` that nobody can know: from then on the
+        identity is this connection's alone."""
+        if key == OPAQUE:
+            self._settings.clear()
+            key, statement = OPAQUE, uuid.uuid4().bytes
+        self._settings.pop(key, None)
+        self._settings[key] = statement
+        self.identity = self._base + b"\x00" + repr(list(self._settings.items())).encode()
+        self.hashes = self._memos.get(self.identity)
+
+
+class Memos:
+    """Per identity, SQL text → key hash state fed that identity and the SQL (the hit path then
+    hashes only the parameters); shared by the sessions with that identity."""
+
+    def __init__(self) -> None:
+        self._memos: Dict[bytes, Dict[str, Any]] = {}
+
+    def get(self, identity: bytes) -> Dict[str, Any]:
+        memo = self._memos.get(identity)
+        if memo is None:
+            if len(self._memos) >= _MAX_MEMOS:
+                self._memos.clear()
+            memo = self._memos[identity] = {}
+        return memo
+
+    @staticmethod
+    def remember(memo: Dict[str, Any], sql: str, value: Any) -> None:
+        if len(memo) >= _MAX_MEMO_ENTRIES:
+            memo.clear()
+        memo[sql] = value
+
+
+class Sessions:
+    """The sessions of one database object, found from Peewee's connection state (per thread,
+    or shared with ``thread_safe=False``) and, for a pooled connection, from the connection.
+
+    ``base`` gives the database's identity; ``per_connection``: each connection is a database
+    of its own (SQLite ``:memory:``), so its identity gets a random part; ``pooled``: a
+    connection may come back from the pool with the session a statement gave it.
+    """
+
+    def __init__(self, base: Callable[[], bytes], per_connection: bool, pooled: bool):
+        self._base = base
+        self._per_connection = per_connection
+        self._pooled = pooled
+        self._changed = False
+        self._by_conn: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
+        self.memos = Memos()
+        self._detached: Optional[Session] = None
+
+    @property
+    def needs_connection(self) -> bool:
+        """Whether a connection not opened yet can't be taken for a fresh one: it will be a new
+        database, or maybe a pooled connection whose session a statement changed."""
+        return self._per_connection or (self._pooled and self._changed)
+
+    def changed(self, session: Session, key: str, statement: bytes) -> None:
+        """``session`` ran a statement that changed it (see :meth:`Session.changed`)."""
+        self._changed = True
+        session.changed(key, statement)
+
+    def detached(self) -> Session:
+        """The session of a connection not opened yet: nothing changed, no transaction."""
+        if self._detached is None:
+            self._detached = Session(None, self._base(), self.memos)
+        return self._detached
+
+    def bind(self, state: Any, conn: Any) -> Session:
+        """The session of ``conn`` (created on first use), remembered on Peewee's ``state``."""
+        with self._lock:
+            session = getattr(state, "kv_session", None)
+            if session is None or not session.owns(conn):
+                session = self._find(conn)
+                state.kv_session = session
+            return session
+
+    def _find(self, conn: Any) -> Session:
+        try:
+            session = self._by_conn.get(conn)
+        except TypeError:  # not weakly referable (sqlite3): it lives on Peewee's state only
+            session = None
+        if session is None:
+            base = self._base()
+            if self._per_connection:
+                base += b"\x00conn:" + uuid.uuid4().hex.encode()
+            session = Session(conn, base, self.memos)
+            try:
+                self._by_conn[conn] = session
+            except TypeError:
+                pass
+        return session
+
+
+def _reference(conn: Any) -> Callable[[], Any]:
+    """A weak reference where the driver allows one: a pooled connection's session must not
+    keep it alive once the pool drops it."""
+    try:
+        return weakref.ref(conn)
+    except TypeError:
+        return lambda: conn
+
+
+# -- invalidations made by hand inside a transaction ----------------------------------------------
+class _Watchers:
+    """Per cache, how to find the open transaction of the calling thread's connection on each
+    database using it. Weak both ways: neither caches nor databases are kept alive."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
+        self._by_cache: "weakref.WeakKeyDictionary[Any, List[Tuple[weakref.ref, Any]]]" = \
+            weakref.WeakKeyDictionary()
+
+    def watch(self, cache: Any, current: Callable[[], Optional[Transaction]]) -> None:
+        finder = (weakref.ref(current.__self__), current.__func__)  # type: ignore[attr-defined]
+        with self._lock:
+            finders = [(ref, func) for ref, func in self._by_cache.get(cache, ())
+                       if ref() is not None]
+            self._by_cache[cache] = finders + [finder]
+
+    def open_transactions(self, cache: Any) -> List[Transaction]:
+        with self._lock:
+            finders = list(self._by_cache.get(cache, ()))
+        found = [func(owner) for owner, func in ((ref(), func) for ref, func in finders)
+                 if owner is not None]
+        return [txn for txn in found if txn is not None]
+
+
+_watchers = _Watchers()
+
+
+def watch(cache: Any, current: Callable[[], Optional[Transaction]]) -> None:
+    """Let ``cache``'s invalidations reach the transaction ``current()`` returns (a bound method
+    of a database: the open transaction of the calling thread's connection, or None)."""
+    _watchers.watch(cache, current)
+
+
+def defer_to_commit(cache: Any, names: Sequence[str]) -> None:
+    """An invalidation made by hand while the calling thread's connection is in a transaction is
+    made again at its COMMIT, as its writes are: another connection may re-cache the pre-commit
+    rows meanwhile. Until then that transaction's reads of those names bypass the cache."""
+    for txn in _watchers.open_transactions(cache):
+        txn.invalidated.update(names)
