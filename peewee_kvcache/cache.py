@@ -90,7 +90,7 @@ class CloudflareKVCache:
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
                  max_put_delay: float = 10.0, clock_skew: float = 0.0,
-                 memory_entries: int = 1000, exit_timeout: float = 2.0):
+                 memory_entries: int = 1000, exit_timeout: float = 1.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         check_number("default_ttl", default_ttl, integer=True)

@@ -64,7 +64,7 @@ class BackgroundWriter:
 
     def __init__(self, send_puts: Callable[[List[PutTask]], None], tick: Callable[[], None],
                  poll_s: float = 0.25, linger_s: float = 0.2, max_batch: int = 1000,
-                 exit_timeout: float = 2.0):
+                 exit_timeout: float = 1.0):
         self.exit_timeout = exit_timeout
         #: tasks submitted after close() or left queued by it (sweeps among them stay in the
         #: durable outbox)
