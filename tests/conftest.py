@@ -7,6 +7,7 @@ missing server fails the test in CI (CI=true) and skips it, with the reason, els
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Callable, Iterator, List, Type
 
@@ -27,6 +28,16 @@ PG = dict(host="127.0.0.1", port=5432, user="postgres")
 MY = dict(host="127.0.0.1", port=3306, user="root", password="")
 RUN_ID = f"pkv_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 BACKENDS = ["sqlite", "postgres", "mysql"]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def service_missing(name: str, exc: Exception) -> None:

@@ -9,7 +9,7 @@ import peewee
 import pytest
 
 from peewee_kvcache import CachedPostgresqlDatabase, CachedSqliteDatabase
-from tests.conftest import PG
+from tests.conftest import PG, wait_for
 
 
 class Row(peewee.Model):
@@ -24,15 +24,6 @@ def read(db):
 def write(db, value):
     with db.bind_ctx([Row]):
         Row.update(value=value).execute()
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import inspect
 import sqlite3
-import sys
 import threading
 import time
 from collections import Counter
 from typing import Dict
 
 import msgpack
-import peewee
 import pytest
 
 from peewee_kvcache import CachedPostgresqlDatabase, CloudflareKVCache
@@ -23,7 +21,7 @@ from peewee_kvcache.kv.server import Fault
 from peewee_kvcache.l1 import L1Store, L1Unavailable
 from peewee_kvcache.outbox import MAX_BACKOFF_MS
 from peewee_kvcache.sweeper import Sweeper
-from tests.conftest import PG
+from tests.conftest import PG, wait_for
 from tests.fault_worker import Item, first_sweeps
 from tests.test_faults import kv_cache, make_db, names, server, truth  # noqa: F401 (fixtures)
 
@@ -34,15 +32,6 @@ SLACK = 1.0         # CPU scheduling on a loaded 2-core machine, as in test_hist
 
 def counters(cache) -> Dict[str, int]:
     return cache.counters.snapshot()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def distinct_miss(i: int):

@@ -27,7 +27,7 @@ from peewee_kvcache.kv.base import KVPair
 from peewee_kvcache.kv.server import Fault, KVServer
 from peewee_kvcache.l1 import L1Store
 from peewee_kvcache.outbox import Outbox
-from tests.conftest import open_database
+from tests.conftest import open_database, wait_for
 from tests.fault_worker import MODELS, Item, Other, first_sweeps, namespace
 
 # runs in the full tox environments (py311, py311-peewee3): see tox.ini
@@ -129,15 +129,6 @@ def truth(db: peewee.Database) -> List[str]:
 
 def counters(cache: CloudflareKVCache) -> Dict[str, int]:
     return cache.counters.snapshot()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def timed(fn: Callable[[], object]):

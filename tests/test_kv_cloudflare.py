@@ -379,14 +379,18 @@ def test_a_write_that_may_have_landed_is_never_resent(server, fault, call):
     assert sum(server.counts()[e] for e in ("put", "bulk_put")) == 1
 
 
-def test_a_write_that_never_connected_is_a_plain_kverror():
-    with socket.socket() as sock:  # a port nobody listens on
+def unreachable() -> CloudflareKVNamespace:
+    """A client for a port nobody listens on."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = CloudflareKVNamespace("a", "n", TOKEN, base_url=f"http://127.0.0.1:{port}/v4",
-                                   retries=1, backoff_factor=0.01, budget=None)
+    return CloudflareKVNamespace("a", "n", TOKEN, base_url=f"http://127.0.0.1:{port}/v4",
+                                 retries=1, backoff_factor=0.01, budget=None)
+
+
+def test_a_write_that_never_connected_is_a_plain_kverror():
     with pytest.raises(KVError) as info:
-        client.bulk_put([KVPair("k", b"v")])
+        unreachable().bulk_put([KVPair("k", b"v")])
     assert not isinstance(info.value, KVOutcomeUnknown)
 
 
@@ -397,13 +401,8 @@ def test_dropped_connection_is_retried(server, client):
 
 
 def test_connection_refused_is_kverror():
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = CloudflareKVNamespace("a", "n", TOKEN, base_url=f"http://127.0.0.1:{port}/v4",
-                                   retries=1, backoff_factor=0.01, budget=None)
     with pytest.raises(KVError) as info:
-        client.get("k")
+        unreachable().get("k")
     assert "ConnectionError" in str(info.value) and TOKEN not in str(info.value)
 
 

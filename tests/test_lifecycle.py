@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,7 +19,6 @@ import pytest
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache, LocalKVNamespace
 from peewee_kvcache import database as database_module
-from peewee_kvcache.kv.base import KVError
 from peewee_kvcache.outbox import Outbox
 from tests.conftest import open_database
 
