@@ -19,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["peewee_kvcache", "peewee_kvcache.*"]),
     python_requires=">=3.9",
-    entry_points={"console_scripts": ["peewee-kvcache=peewee_kvcache.cli:main"]},
+    entry_points={"console_scripts": ["peewee-kvcache=peewee_kvcache.cli.main:main"]},
     install_requires=[
         "peewee>=3.17",
         "requests>=2.28",

@@ -2,15 +2,15 @@
 
 Importing the package adds ``with_cache()`` to every Peewee select.
 """
-from .cache import CloudflareKVCache
-from .codec import CachedResult
-from .config import CacheConfig
-from .database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
+from .cache.facade import CloudflareKVCache
+from .core.codec import CachedResult
+from .core.config import CacheConfig
+from .orm.database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
                        CachedPostgresqlDatabase, CachedSqliteDatabase)
 from .kv.cloudflare import CloudflareKVNamespace, RequestBudget
 from .kv.local import LocalKVNamespace
-from .query import install as _install
-from .stats import CacheStats
+from .orm.query import install as _install
+from .core.stats import CacheStats
 
 _install()
 

@@ -1,7 +1,7 @@
-"""``python -m peewee_kvcache``: the command line of ``peewee_kvcache.cli``."""
+"""``python -m peewee_kvcache``: the command line of ``peewee_kvcache.cli.main``."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from peewee_kvcache import CloudflareKVCache, LocalKVNamespace
-from peewee_kvcache.codec import CachedResult
+from peewee_kvcache.core.codec import CachedResult
 from peewee_kvcache.kv.base import KVError
 
 

@@ -28,7 +28,7 @@ import peewee
 
 from peewee_kvcache import (CachedPostgresqlDatabase, CachedSqliteDatabase, CloudflareKVCache,
                             CloudflareKVNamespace, LocalKVNamespace)
-from peewee_kvcache import forksafe
+from peewee_kvcache.core import forksafe
 
 CHILD_DEADLINE_S = 1.0
 PARENT_PID = os.getpid()

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from peewee_kvcache.breaker import CircuitBreaker, CircuitOpenError
+from peewee_kvcache.l2.breaker import CircuitBreaker, CircuitOpenError
 
 
 def fail():

@@ -14,12 +14,12 @@ import peewee
 import pytest
 from freezegun import freeze_time
 
-import peewee_kvcache.cache
+import peewee_kvcache.cache.facade
 from peewee_kvcache import (CacheConfig, CachedPooledPostgresqlDatabase, CachedPostgresqlDatabase,
                             CachedResult, CachedMySQLDatabase, CachedSqliteDatabase,
                             CloudflareKVCache, LocalKVNamespace)
-from peewee_kvcache.codec import UnsupportedValue
-from peewee_kvcache.stats import COUNTERS
+from peewee_kvcache.core.codec import UnsupportedValue
+from peewee_kvcache.core.stats import COUNTERS
 from tests.conftest import MY, PG, open_database
 from tests.models import ALL, Post, User
 
@@ -553,7 +553,7 @@ def test_unencodable_result_is_served_but_not_stored(data, monkeypatch):
     def refuse(*args, **kwargs):
         raise UnsupportedValue("cannot cache a value of type Weird")
 
-    monkeypatch.setattr(peewee_kvcache.cache, "encode_entry", refuse)
+    monkeypatch.setattr(peewee_kvcache.cache.facade, "encode_entry", refuse)
     assert cached_names() == ["alice"]
     assert cached_names() == ["alice"]
     assert cache.drain(10)

@@ -17,8 +17,8 @@ import pytest
 from peewee_kvcache import (CachedSqliteDatabase, CloudflareKVCache, CloudflareKVNamespace,
                             LocalKVNamespace)
 from peewee_kvcache.kv.base import KVNamespace, KVPair
-from peewee_kvcache.kv.server import KVServer
-from peewee_kvcache.maintenance import Maintenance
+from peewee_kvcache.testing.kv_server import KVServer
+from peewee_kvcache.cli.maintenance import Maintenance
 
 # runs in the full tox environments (py311, py311-peewee3): see tox.ini
 pytestmark = pytest.mark.slow

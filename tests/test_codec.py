@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import msgpack
 import pytest
 
-from peewee_kvcache.codec import (
+from peewee_kvcache.core.codec import (
     _MAX_TUPLE_DEPTH, FORMAT_VERSION, CachedResult, CodecError, UnsupportedValue, decode_entry,
     decode_entry_full, encode_entry, encode_params,
 )

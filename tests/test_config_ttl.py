@@ -14,7 +14,7 @@ import pytest
 from freezegun import freeze_time
 
 from peewee_kvcache import CacheConfig, CachedResult, CachedSqliteDatabase, CloudflareKVCache
-from peewee_kvcache.codec import decode_entry
+from peewee_kvcache.core.codec import decode_entry
 from tests.models import User
 
 # In the future on purpose: the background writer thread may see the real clock (freezegun ignores

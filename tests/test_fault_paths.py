@@ -17,10 +17,10 @@ import msgpack
 import pytest
 
 from peewee_kvcache import CachedPostgresqlDatabase, CloudflareKVCache
-from peewee_kvcache.kv.server import Fault
-from peewee_kvcache.l1 import L1Store, L1Unavailable
-from peewee_kvcache.outbox import MAX_BACKOFF_MS
-from peewee_kvcache.sweeper import Sweeper
+from peewee_kvcache.testing.kv_server import Fault
+from peewee_kvcache.levels.l1 import L1Store, L1Unavailable
+from peewee_kvcache.invalidation.outbox import MAX_BACKOFF_MS
+from peewee_kvcache.invalidation.sweeper import Sweeper
 from tests.conftest import PG, wait_for
 from tests.fault_worker import Item, first_sweeps
 from tests.test_faults import kv_cache, make_db, names, server, truth  # noqa: F401 (fixtures)

@@ -22,11 +22,11 @@ import peewee
 import pytest
 
 from peewee_kvcache import CloudflareKVCache
-from peewee_kvcache.config import now_ms
+from peewee_kvcache.core.config import now_ms
 from peewee_kvcache.kv.base import KVPair
-from peewee_kvcache.kv.server import Fault, KVServer
-from peewee_kvcache.l1 import L1Store
-from peewee_kvcache.outbox import Outbox
+from peewee_kvcache.testing.kv_server import Fault, KVServer
+from peewee_kvcache.levels.l1 import L1Store
+from peewee_kvcache.invalidation.outbox import Outbox
 from tests.conftest import open_database, wait_for
 from tests.fault_worker import MODELS, Item, Other, first_sweeps, namespace
 
@@ -697,7 +697,7 @@ def direct_calls(ns, quick: bool = False):
 def test_the_api_token_never_leaks(server, kv_cache, make_db, caplog, capfd):
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "requests", "peewee_kvcache", "peewee_kvcache.kv.cloudflare",
-                 "peewee_kvcache.kv.server"):
+                 "peewee_kvcache.testing.kv_server"):
         caplog.set_level(logging.DEBUG, logger=name)
     cache = kv_cache(breaker_fail_max=1000)              # every call reaches the faulty KV
     db = make_db(cache)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 from tests.test_lifecycle import TESTS, run_python
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

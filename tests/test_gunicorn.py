@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator
 import peewee
 import pytest
 
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 from tests.test_examples import EXAMPLES, REPO, pg_url
 
 pytestmark = pytest.mark.slow

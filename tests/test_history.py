@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Tuple
 import peewee
 import pytest
 
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 from tests.conftest import PG
 from tests.history_worker import MODELS, role, schedule, seed_rows
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from peewee_kvcache.kv import limits
-from peewee_kvcache.kv.server import ENDPOINTS, Fault, KVServer
+from peewee_kvcache.testing.kv_server import ENDPOINTS, Fault, KVServer
 
 TOKEN = "test-token-7Qx9"
 REPO = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_authentication_errors(api, header, status):
 
 
 def test_token_is_never_logged(api, caplog):
-    caplog.set_level(logging.DEBUG, logger="peewee_kvcache.kv.server")
+    caplog.set_level(logging.DEBUG, logger="peewee_kvcache.testing.kv_server")
     api.put("k")
     api.get("k", headers={"Authorization": "Bearer wrong-token"})
     assert "GET" in caplog.text

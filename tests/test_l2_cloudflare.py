@@ -9,9 +9,9 @@ import peewee
 import pytest
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache
-from peewee_kvcache.codec import CachedResult
+from peewee_kvcache.core.codec import CachedResult
 from peewee_kvcache.kv.cloudflare import CloudflareKVNamespace
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 
 RESULT = CachedResult(("id",), [(1,)])
 

@@ -18,8 +18,8 @@ from typing import List
 import pytest
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache, LocalKVNamespace
-from peewee_kvcache import database as database_module
-from peewee_kvcache.outbox import Outbox
+from peewee_kvcache.orm import database as database_module
+from peewee_kvcache.invalidation.outbox import Outbox
 from tests.conftest import open_database
 
 TESTS = Path(__file__).resolve().parent

@@ -4,8 +4,8 @@ import peewee
 import pytest
 
 from peewee_kvcache import CachedSqliteDatabase
-from peewee_kvcache.codec import CachedResult
-from peewee_kvcache.memory import MemoryEntry, MemoryLevel, shareable
+from peewee_kvcache.core.codec import CachedResult
+from peewee_kvcache.levels.memory import MemoryEntry, MemoryLevel, shareable
 
 
 class Doc(peewee.Model):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Tests for peewee_kvcache.tables: SQL as Peewee really generates it, raw SQL, FK cascades."""
+"""Tests for peewee_kvcache.sql.analysis: SQL as Peewee really generates it, raw SQL, FK cascades."""
 import gc
 from typing import Any, Callable, Dict, FrozenSet, Iterable, NamedTuple, Optional, Tuple
 
@@ -6,8 +6,8 @@ import peewee
 import pytest
 from peewee import SQL, CharField, ForeignKeyField, IntegerField, Model, Select, fn
 
-from peewee_kvcache import tables
-from peewee_kvcache.tables import SqlInfo, analyze_sql, cascade_closure, table_names_in
+from peewee_kvcache.sql import analysis as tables
+from peewee_kvcache.sql.analysis import SqlInfo, analyze_sql, cascade_closure, table_names_in
 
 DATABASES: Dict[str, peewee.Database] = {
     "postgres": peewee.PostgresqlDatabase("x"),

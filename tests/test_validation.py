@@ -211,8 +211,8 @@ def test_with_cache_on_a_database_without_a_cache_warns_once_per_database(tmp_pa
 
 
 def test_with_cache_on_an_unbound_query_warns(monkeypatch):
-    import peewee_kvcache.query
-    monkeypatch.setattr(peewee_kvcache.query, "_warned", weakref.WeakSet())  # as in a new process
+    import peewee_kvcache.orm.query
+    monkeypatch.setattr(peewee_kvcache.orm.query, "_warned", weakref.WeakSet())  # as in a new process
     caught = with_cache_warnings(Thing.select, Thing.select)
     assert len(caught) == 1 and "no database" in str(caught[0].message)
     assert caught[0].filename == __file__
@@ -235,7 +235,7 @@ def test_with_cache_on_a_cached_database_does_not_warn(make_cache, tmp_path):
 
 
 def test_one_number_check_names_parameter_and_value():
-    from peewee_kvcache.config import check_number
+    from peewee_kvcache.core.config import check_number
     with pytest.raises(TypeError, match=r"wait must be a number, got '1'"):
         check_number("wait", "1")
     with pytest.raises(ValueError, match=r"count must be .*>= 0.*-1"):

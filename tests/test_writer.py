@@ -1,7 +1,7 @@
 """The background writer: puts are coalesced while it lingers, and drain() never waits the linger."""
 import time
 
-from peewee_kvcache.writer import BackgroundWriter, PutTask
+from peewee_kvcache.invalidation.writer import BackgroundWriter, PutTask
 
 
 def task():

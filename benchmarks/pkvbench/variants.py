@@ -11,8 +11,8 @@ from typing import Callable, Dict, List
 import diskcache
 from dogpile.cache.region import CacheRegion
 
-from peewee_kvcache.codec import decode_entry
-from peewee_kvcache.cursor import CachedCursor
+from peewee_kvcache.core.codec import decode_entry
+from peewee_kvcache.orm.cursor import CachedCursor
 
 from .timing import Variant
 from .workload import QUERIES, TTL, Backend

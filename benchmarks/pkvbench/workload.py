@@ -17,7 +17,7 @@ import psycopg2
 
 from peewee_kvcache import (CachedPostgresqlDatabase, CachedSqliteDatabase, CloudflareKVCache,
                             CloudflareKVNamespace)
-from peewee_kvcache.kv.server import KVServer
+from peewee_kvcache.testing.kv_server import KVServer
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 PG_DATABASE = "test"

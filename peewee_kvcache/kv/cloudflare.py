@@ -25,8 +25,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util import Retry
 
-from .. import forksafe
-from ..config import check_number
+from ..core import forksafe
+from ..core.config import check_number
 from . import limits
 from .base import KVError, KVNamespace, KVOutcomeUnknown, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .. import forksafe
+from ..core import forksafe
 from . import limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 

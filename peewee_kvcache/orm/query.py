@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional, Tuple, Union
 
 import peewee
 
-from .cache import CloudflareKVCache
-from .config import CacheConfig
-from .names import tag_list
+from ..cache.facade import CloudflareKVCache
+from ..core.config import CacheConfig
+from ..core.names import tag_list
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import select
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import forksafe
+from ..core import forksafe
 
 log = logging.getLogger("peewee_kvcache")
 

@@ -22,8 +22,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, List, Optional, Tuple, Union
 
-from . import forksafe
-from .kv.base import KVPair
+from ..core import forksafe
+from ..kv.base import KVPair
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -32,7 +32,7 @@ log = logging.getLogger("peewee_kvcache")
 class PutTask:
     """An entry to write. ``build()`` makes its KV pairs when sent; ``key_count`` sizes batches;
     ``still_valid`` is asked before sending and again after; past ``deadline``
-    (:func:`~peewee_kvcache.config.real_monotonic`) it must not land (see cache)."""
+    (:func:`~peewee_kvcache.core.config.real_monotonic`) it must not land (see cache)."""
 
     key_count: int
     build: Callable[[], List[KVPair]]

@@ -4,12 +4,31 @@ from __future__ import annotations
 import functools
 
 from typing import Any, FrozenSet, Iterable, List, Tuple, Union
+from urllib.parse import quote
 
 import peewee
 
-from . import index
-from .index import EVERYTHING
-from .tables import table_key, table_names_in
+from ..sql.analysis import table_key, table_names_in
+
+#: token-name prefixes: tables and tags share one token space (L1) and one key space (L2)
+TABLE = "t:"
+TAG = "g:"
+#: the token every auto-invalidated entry carries; bumped by a write whose tables are unknown
+EVERYTHING = "*"
+
+
+def encode_name(name: str) -> str:
+    """Percent-encoded, so ``:`` inside a tag can never make one prefix match another name."""
+    return quote(name, safe="")
+
+
+def table_name(table: str) -> str:
+    """The token/marker name of a table."""
+    return TABLE + encode_name(table)
+
+
+def tag_name(tag: str) -> str:
+    return TAG + encode_name(tag)
 
 MAX_TAG_BYTES = 128
 
@@ -40,7 +59,7 @@ def table_names_of(tables: Iterable[Any]) -> List[str]:
 
 def write_names(tables: Iterable[str], everything: bool) -> List[str]:
     """Token names a write of ``tables`` invalidates (``everything``: its tables are unknown)."""
-    return ([EVERYTHING] if everything else []) + [index.table_name(t) for t in tables]
+    return ([EVERYTHING] if everything else []) + [table_name(t) for t in tables]
 
 
 def tag_list(tags: Union[str, Iterable[str], None]) -> List[str]:
@@ -77,9 +96,9 @@ def stamp_names(tables: Iterable[str], tags: Iterable[str], auto_invalidate: boo
 def _stamp_names(tables: FrozenSet[str], tags: FrozenSet[str], auto_invalidate: bool
                  ) -> Tuple[str, ...]:
     """Memoised: the hit path asks for the same few stamps over and over."""
-    names = [index.tag_name(tag) for tag in sorted(tags)]
+    names = [tag_name(tag) for tag in sorted(tags)]
     if auto_invalidate:
-        names = [EVERYTHING] + [index.table_name(t) for t in sorted(tables)] + names
+        names = [EVERYTHING] + [table_name(t) for t in sorted(tables)] + names
     return tuple(names)
 
 

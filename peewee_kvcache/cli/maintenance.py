@@ -1,4 +1,4 @@
-"""Operator maintenance of one cache's L2 keys: counting, clearing and repairing the index.
+"""Operator maintenance of one cache's L2 keys: counting, clearing and repairing the layout.
 
 The cache's own methods degrade (a KV fault becomes a miss and a counter) because they run on a
 query's path. An operator or a script needs the opposite: here every KV failure raises
@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 from urllib.parse import unquote
 
-from . import index
-from .kv.base import KeyInfo, KVError, KVNamespace, chunked
-from .kv.limits import BULK_DELETE_MAX_ITEMS, LIST_MAX_LIMIT
+from ..core.names import TABLE, TAG
+from ..l2 import layout
+from ..kv.base import KeyInfo, KVError, KVNamespace, chunked
+from ..kv.limits import BULK_DELETE_MAX_ITEMS, LIST_MAX_LIMIT
 
 if TYPE_CHECKING:
-    from .cache import CloudflareKVCache
+    from ..cache.facade import CloudflareKVCache
 
 #: ``progress(what, done, total)``: ``total`` is None while listing (the size is unknown)
 Progress = Callable[[str, int, Optional[int]], None]
@@ -81,7 +82,7 @@ class Maintenance:
         """Every key of the prefix, listed by kind (a bare prefix "a" would match "ab...") and
         page by page; raises KVError when a page cannot be listed."""
         keys: List[KeyInfo] = []
-        for kind in index.KINDS:
+        for kind in layout.KINDS:
             cursor: Optional[str] = None
             while True:
                 page = self.namespace.list(self.prefix + kind, limit=LIST_MAX_LIMIT,
@@ -96,12 +97,12 @@ class Maintenance:
     def count(self) -> KeyCounts:
         """Entries, index keys and markers of the prefix, and keys per table and per tag."""
         keys = self.scan()
-        table_prefix, tag_prefix = self.prefix + index.TABLE, self.prefix + index.TAG
+        table_prefix, tag_prefix = self.prefix + TABLE, self.prefix + TAG
         by_table: Counter = Counter()
         by_tag: Counter = Counter()
         markers = 0
         for info in keys:
-            markers += index.marker_target(info) is not None
+            markers += layout.marker_target(info) is not None
             if info.name.startswith(table_prefix):
                 by_table[_name_of(info.name, table_prefix)] += 1
             elif info.name.startswith(tag_prefix):
@@ -135,11 +136,11 @@ class Maintenance:
         """
         started_ms = int(time.time() * 1000)
         keys = self.scan()
-        entries = {info.name for info in keys if index.marker_target(info) is None}
+        entries = {info.name for info in keys if layout.marker_target(info) is None}
         dangling: List[str] = []
         recent = 0
         for info in keys:
-            target = index.marker_target(info)
+            target = layout.marker_target(info)
             if target is None or target in entries:
                 continue
             created = info.metadata.get("c") if isinstance(info.metadata, dict) else None

@@ -29,9 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
-from . import limits
-from .base import KVError, KVPair
-from .local import LocalKVNamespace
+from ..kv import limits
+from ..kv.base import KVError, KVPair
+from ..kv.local import LocalKVNamespace
 
 log = logging.getLogger(__name__)
 

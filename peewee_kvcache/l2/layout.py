@@ -19,30 +19,13 @@ Names are percent-encoded so that ``:`` inside a tag can never make one prefix m
 from __future__ import annotations
 
 from typing import Iterable, List, Optional, Sequence
-from urllib.parse import quote
 
-from .kv.base import KeyInfo, KVPair
+from ..core.names import EVERYTHING, TABLE, TAG
+from ..kv.base import KeyInfo, KVPair
 
 ENTRY = "e:"
-TABLE = "t:"
-TAG = "g:"
 KINDS = (ENTRY, TABLE, TAG)
 MARKER_VALUE = b"1"
-#: the token every auto-invalidated entry carries; bumped by a write whose tables are unknown
-EVERYTHING = "*"
-
-
-def encode_name(name: str) -> str:
-    return quote(name, safe="")
-
-
-def table_name(table: str) -> str:
-    """The token/marker name of a table (tables and tags share the L1 token space)."""
-    return TABLE + encode_name(table)
-
-
-def tag_name(tag: str) -> str:
-    return TAG + encode_name(tag)
 
 
 def _indexed(names: Iterable[str]) -> List[str]:

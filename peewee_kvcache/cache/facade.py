@@ -10,29 +10,31 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import platformdirs
 
-from . import index, session
-from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpenError
-from .codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
+from ..l2 import layout
+from ..l2.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpenError
+from ..core import forksafe
+from ..core.codec import (CachedResult, CodecError, SignatureError, UnsupportedValue, decode_entry,
                     decode_entry_full, encode_entry)
-from .config import DEFAULT_CONFIG, CacheConfig, check_number, now_ms, real_monotonic
-from .index import KeyLayout
-from .kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
-from .kv.cloudflare import BudgetExhausted
-from .kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
-from .kv.local import LocalKVNamespace
-from .l1 import L1Entry, L1Store, Unavailable
-from .memory import MemoryEntry, MemoryLevel
-from .outbox import Job, Outbox
-from .index import EVERYTHING
-from .names import stamp_names, table_names_of, tag_digest_part, tag_list
-from .stats import CacheStats, Counters
-from .sweeper import Sweeper
-from .writer import BackgroundWriter, PutTask
+from ..core.config import DEFAULT_CONFIG, CacheConfig, check_number, now_ms, real_monotonic
+from ..l2.layout import KeyLayout
+from ..kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
+from ..kv.cloudflare import BudgetExhausted
+from ..kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
+from ..kv.local import LocalKVNamespace
+from ..levels.l1 import L1Entry, L1Store, Unavailable
+from ..levels.memory import MemoryEntry, MemoryLevel
+from ..invalidation.outbox import Job, Outbox
+from ..core.names import EVERYTHING, TABLE, TAG, stamp_names, table_name, tag_name, table_names_of, tag_digest_part, tag_list
+from ..core.stats import CacheStats, Counters
+from ..invalidation.sweeper import Sweeper
+from ..invalidation.writer import BackgroundWriter, PutTask
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -140,6 +142,9 @@ class CloudflareKVCache:
             self.l1 = self.outbox = Unavailable(l1_directory, exc, int(outbox_lease * 1000))
         self.layout = KeyLayout(prefix)
         self.memory = MemoryLevel(memory_entries)
+        self._listeners: List["weakref.WeakMethod[Callable[[Sequence[str]], None]]"] = []
+        self._listeners_lock = threading.Lock()
+        forksafe.renew_locks(self, "_listeners_lock")
         self.counters = Counters()
         # Two breakers: a successful background write says nothing about whether a read answers
         # within the query path's short timeout, and reads failing must not hold back the
@@ -479,8 +484,8 @@ class CloudflareKVCache:
 
         Tables may be Peewee models, ``Table`` objects or names; ``tags`` one str or several.
         """
-        names = [index.table_name(t) for t in table_names_of(tables)]
-        names += [index.tag_name(g) for g in tag_list(tags)]
+        names = [table_name(t) for t in table_names_of(tables)]
+        names += [tag_name(g) for g in tag_list(tags)]
         self.invalidate_names(names)
 
     @property
@@ -506,10 +511,23 @@ class CloudflareKVCache:
         """After a write whose tables are unknown: every auto-invalidated result goes."""
         self.invalidate_names([EVERYTHING])
 
+    def on_invalidate(self, listener: Callable[[Sequence[str]], None]) -> None:
+        """Call ``listener(names)`` (a bound method, held weakly) at every invalidation made
+        through :meth:`invalidate_names`: the Peewee layer repeats those made inside a
+        transaction at its COMMIT."""
+        with self._listeners_lock:
+            self._listeners = [ref for ref in self._listeners if ref() is not None]
+            self._listeners.append(weakref.WeakMethod(listener))  # type: ignore[arg-type]
+
+    def _invalidation_listeners(self) -> List[Callable[[Sequence[str]], None]]:
+        with self._listeners_lock:
+            return [fn for fn in (ref() for ref in self._listeners) if fn is not None]
+
     def invalidate_names(self, names: Sequence[str]) -> None:
         """Invalidate now: record the sweep, bump the tokens, sweep L2 in the background; inside
         a transaction of the calling thread's connection, again at its COMMIT."""
-        session.defer_to_commit(self, names)
+        for listener in self._invalidation_listeners():
+            listener(names)
         job = self.prepare_invalidation(names)
         if job is not None:
             self.complete_invalidation(job)
@@ -580,11 +598,11 @@ class CloudflareKVCache:
     def get_stats(self) -> CacheStats:
         """Counters of this process plus key counts read from L2 (right across hosts):
         ``total_keys`` results, ``table_keys`` / ``tag_keys`` index keys under t: / g:."""
-        table_prefix, tag_prefix = self.prefix + index.TABLE, self.prefix + index.TAG
+        table_prefix, tag_prefix = self.prefix + TABLE, self.prefix + TAG
         ok, infos = self.call_l2("L2 listing for stats failed", self._list_own)
         counts = {"total_keys": -1, "table_keys": -1, "tag_keys": -1}
         if ok and infos is not None:
-            counts = {"total_keys": sum(1 for i in infos if index.marker_target(i) is None),
+            counts = {"total_keys": sum(1 for i in infos if layout.marker_target(i) is None),
                       "table_keys": sum(1 for i in infos if i.name.startswith(table_prefix)),
                       "tag_keys": sum(1 for i in infos if i.name.startswith(tag_prefix))}
         try:
@@ -631,12 +649,12 @@ class CloudflareKVCache:
 
     def _list_own(self) -> List[KeyInfo]:
         """Every L2 key of this cache, listed by kind: a bare prefix "a" would match "ab..."."""
-        return [info for kind in index.KINDS for info in self.namespace.list_all(self.prefix + kind)]
+        return [info for kind in layout.KINDS for info in self.namespace.list_all(self.prefix + kind)]
 
     def l2_entry_keys(self) -> List[str]:
         """Keys of the results stored in L2 (markers left out); [] when L2 can't be listed."""
         ok, infos = self.call_l2("L2 listing failed", self._list_own)
-        return [i.name for i in infos or () if index.marker_target(i) is None]
+        return [i.name for i in infos or () if layout.marker_target(i) is None]
 
     def close(self) -> None:
         """Release files and connections. Queued L2 work gets at most ``exit_timeout`` seconds;

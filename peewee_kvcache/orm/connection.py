@@ -8,7 +8,7 @@ The session part keeps result keys apart when statements such as ``SET search_pa
 ROLE`` or ``USE db`` make the same SQL mean something else. Each connection carries an identity
 (the database's, plus the session statements it ran) that feeds every key made on it; a hit pays
 nothing more than before, as the key hash prefix is memoised per identity. Statements are kept by
-what they set (:func:`tables._session_key`), last one per setting, in order, so connections that
+what they set (:func:`..sql.analysis._session_key`), last one per setting, in order, so connections that
 ran the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching
 between tenants reuses each tenant's entries instead of growing a new identity per request. A
 statement whose effect can't be keyed (an expression, a variable, a transaction that may roll it
@@ -20,11 +20,11 @@ import threading
 import uuid
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
-from . import forksafe
-from .names import write_names
-from .tables import OPAQUE
+from ..core import forksafe
+from ..core.names import write_names
+from ..sql.analysis import OPAQUE
 
 _MAX_MEMOS = 64
 _MAX_MEMO_ENTRIES = 4096
@@ -190,46 +190,3 @@ def _reference(conn: Any) -> Callable[[], Any]:
         return weakref.ref(conn)
     except TypeError:
         return lambda: conn
-
-
-# -- invalidations made by hand inside a transaction ----------------------------------------------
-class _Watchers:
-    """Per cache, how to find the open transaction of the calling thread's connection on each
-    database using it. Weak both ways: neither caches nor databases are kept alive."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        forksafe.renew_locks(self, "_lock")
-        self._by_cache: "weakref.WeakKeyDictionary[Any, List[Tuple[weakref.ref, Any]]]" = \
-            weakref.WeakKeyDictionary()
-
-    def watch(self, cache: Any, current: Callable[[], Optional[Transaction]]) -> None:
-        finder = (weakref.ref(current.__self__), current.__func__)  # type: ignore[attr-defined]
-        with self._lock:
-            finders = [(ref, func) for ref, func in self._by_cache.get(cache, ())
-                       if ref() is not None]
-            self._by_cache[cache] = finders + [finder]
-
-    def open_transactions(self, cache: Any) -> List[Transaction]:
-        with self._lock:
-            finders = list(self._by_cache.get(cache, ()))
-        found = [func(owner) for owner, func in ((ref(), func) for ref, func in finders)
-                 if owner is not None]
-        return [txn for txn in found if txn is not None]
-
-
-_watchers = _Watchers()
-
-
-def watch(cache: Any, current: Callable[[], Optional[Transaction]]) -> None:
-    """Let ``cache``'s invalidations reach the transaction ``current()`` returns (a bound method
-    of a database: the open transaction of the calling thread's connection, or None)."""
-    _watchers.watch(cache, current)
-
-
-def defer_to_commit(cache: Any, names: Sequence[str]) -> None:
-    """An invalidation made by hand while the calling thread's connection is in a transaction is
-    made again at its COMMIT, as its writes are: another connection may re-cache the pre-commit
-    rows meanwhile. Until then that transaction's reads of those names bypass the cache."""
-    for txn in _watchers.open_transactions(cache):
-        txn.invalidated.update(names)

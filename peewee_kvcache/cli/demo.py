@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import peewee
 
-from .cache import CloudflareKVCache
+from ..cache.facade import CloudflareKVCache
 
 TTL = 120
 ROUNDS = 15

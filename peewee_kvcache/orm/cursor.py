@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, List, Optional, Tuple
 
-from .codec import CachedResult
+from ..core.codec import CachedResult
 
 
 class CachedCursor:

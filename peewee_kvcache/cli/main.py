@@ -25,15 +25,15 @@ import peewee
 from playhouse.db_url import parse
 
 from . import console
-from .cache import CloudflareKVCache, default_directory
-from .database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
+from ..cache.facade import CloudflareKVCache, default_directory
+from ..orm.database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
 from .demo import STEP_COUNT, Demo, Step
-from .kv.base import KVError, KVNamespace
-from .kv.cloudflare import CloudflareKVNamespace
-from .kv.local import LocalKVNamespace
-from .l1 import Unavailable
+from ..kv.base import KVError, KVNamespace
+from ..kv.cloudflare import CloudflareKVNamespace
+from ..kv.local import LocalKVNamespace
+from ..levels.l1 import Unavailable
 from .maintenance import Maintenance
-from .names import table_names_of
+from ..core.names import table_names_of
 
 DEFAULT_TOKEN = "local-dev-token"
 KV_KINDS = ("local", "cloudflare")
@@ -68,7 +68,7 @@ def _rate_limit(text: str) -> Tuple[int, float]:
 
 def serve_kv(args: argparse.Namespace) -> int:
     """Serve the Cloudflare-compatible KV API until SIGINT or SIGTERM."""
-    from .kv.server import KVServer
+    from ..testing.kv_server import KVServer
 
     try:
         server = KVServer(args.data, host=args.host, port=args.port, api_token=args.token,

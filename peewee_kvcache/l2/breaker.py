@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from . import forksafe
-from .config import check_number
+from ..core import forksafe
+from ..core.config import check_number
 
 T = TypeVar("T")
 

@@ -14,13 +14,13 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from . import forksafe
-from .config import now_ms
-from .index import EVERYTHING
+from ..core import forksafe
+from ..core.config import now_ms
+from ..core.names import EVERYTHING
 from .outbox import Job, backoff_ms
 
 if TYPE_CHECKING:
-    from .cache import CloudflareKVCache
+    from ..cache.facade import CloudflareKVCache
 
 
 class Sweeper:

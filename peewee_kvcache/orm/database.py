@@ -6,7 +6,7 @@ reaches ``execute_sql`` (query objects and raw SQL alike) is analysed, and the t
 in autocommit; inside a transaction at COMMIT (until then its reads of those tables bypass the
 cache), before Peewee runs the user's after-commit callbacks.
 
-Transaction and session state belong to the connection (see session.py); one parser (tables.py)
+Transaction and session state belong to the connection (see connection.py); one parser (sql/analysis.py)
 decides what a statement does to them, however it is spelled or commented. Transaction state is
 taken *before* COMMIT or ROLLBACK is sent, so a failure there can never leave state behind that
 would swallow later invalidations or disable caching.
@@ -25,16 +25,19 @@ from urllib.parse import parse_qs
 import peewee
 from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
-from . import forksafe, notify, session
-from .cache import CloudflareKVCache, feed, key_hash
-from .codec import CachedResult, UnsupportedValue, encode_params
-from .config import now_ms
+from ..core import forksafe
+
+from . import notify
+
+from ..cache.facade import CloudflareKVCache, feed, key_hash
+from ..core.codec import CachedResult, UnsupportedValue, encode_params
+from ..core.config import now_ms
 from .cursor import CachedCursor
-from .names import EVERYTHING, stamp_names, tag_digest_part, write_names
+from ..core.names import EVERYTHING, stamp_names, tag_digest_part, write_names
 from .notify import Listener
 from .query import CacheOptions, find_options
-from .session import Memos, Session, Sessions, Transaction
-from .tables import OPAQUE, SqlInfo, analyze_sql, cascade_closure
+from .connection import Memos, Session, Sessions, Transaction
+from ..sql.analysis import OPAQUE, SqlInfo, analyze_sql, cascade_closure
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -95,7 +98,7 @@ class CachedDatabase:
             # not at exit: the writer's exit hook already bounds that drain (exit_timeout)
             weakref.finalize(self, _close_elsewhere, cache).atexit = False
         self.cache = cache
-        session.watch(cache, self._kv_open_transaction)
+        cache.on_invalidate(self._kv_defer_to_commit)
         self._kv_dialect = _dialect(self)  # type: ignore[arg-type]
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
@@ -202,7 +205,7 @@ class CachedDatabase:
         inside a transaction its BEGIN (a REPEATABLE READ snapshot predates the query and maybe
         another host's commit, whose sweeps keep results stamped later than the write)."""
         started_ms = txn.began_ms if txn is not None else now_ms()
-        tokens = self.cache.tokens(names)  # before the query: see l1.py on the store race
+        tokens = self.cache.tokens(names)  # before the query: see levels/l1.py on the store race
         cursor = self._run(sql, params)
         if tokens is None or (txn is not None and not txn.may_store(tokens)):
             return cursor
@@ -295,6 +298,15 @@ class CachedDatabase:
         state = getattr(self, "_state", None)  # None while Peewee's __init__ runs
         current = getattr(state, "kv_session", None)
         return current if current is not None and current.owns(state.conn) else None
+
+    def _kv_defer_to_commit(self, names: Sequence[str]) -> None:
+        """An invalidation made by hand while this thread's connection is in a transaction is
+        made again at its COMMIT, as its writes are: another connection may re-cache the
+        pre-commit rows meanwhile. Until then the transaction's reads of those names bypass the
+        cache."""
+        txn = self._kv_open_transaction()
+        if txn is not None:
+            txn.invalidated.update(names)
 
     def _kv_open_transaction(self) -> Optional[Transaction]:
         """The open transaction of the calling thread's connection, if any."""

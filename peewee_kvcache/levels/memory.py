@@ -12,8 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from . import forksafe
-from .codec import CachedResult
+from ..core import forksafe
+from ..core.codec import CachedResult
 
 _MUTABLE = (list, dict, set, bytearray)
 
