@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (Any, Callable, Iterable, List, Optional, Protocol, Sequence, Tuple, TypeVar,
+                    Union)
 
 import platformdirs
 
@@ -72,6 +73,15 @@ def feed(h: "hashlib._Hash", *parts: bytes) -> "hashlib._Hash":
 
 def digest_of(*parts: bytes) -> str:
     return key_hash(*parts).hexdigest()
+
+
+class Snapshot(Protocol):
+    """What a read needs of the transaction it runs in (the Peewee layer's ``Transaction``)."""
+
+    began_ms: int
+
+    def may_store(self, tokens: Sequence[int]) -> bool:
+        """Whether a result read under ``tokens`` may be stored."""
 
 
 class CloudflareKVCache:
@@ -165,6 +175,53 @@ class CloudflareKVCache:
         return (f"CloudflareKVCache(namespace={self.namespace!r}, l1={self.l1.directory!r}, "
                 f"strategy={self.strategy!r}, prefix={self.prefix!r}, "
                 f"signed={self._secret is not None})")
+
+    # -- what the Peewee layer calls -------------------------------------------------------
+    def read(self, key: str, names: Sequence[str], run: Callable[[], Any],
+             config: CacheConfig = DEFAULT_CONFIG, snapshot: Optional[Snapshot] = None) -> Any:
+        """The cached result for ``key`` (a :class:`CachedResult`), or else what ``run()``
+        returns (a DB-API cursor): stored, and returned as a CachedResult, when the rules allow.
+
+        ``snapshot``: the open transaction the read runs in. Its result is stamped with the
+        transaction's start (a REPEATABLE READ snapshot predates the query, maybe another host's
+        commit) and stored only if the transaction allows; followers of a stampede don't wait for
+        it (its view is its own)."""
+        result = self.lookup(key, names)
+        if result is not None:
+            return result
+        leader = snapshot is not None or self.lead_fill(key)  # one query per stampede
+        if not leader:
+            result = self.await_fill(key)
+            if result is not None:
+                return result
+        try:
+            return self._fill(key, names, run, config, snapshot)
+        finally:
+            if snapshot is None and leader:
+                self.end_fill(key)
+
+    def _fill(self, key: str, names: Sequence[str], run: Callable[[], Any], config: CacheConfig,
+              snapshot: Optional[Snapshot]) -> Any:
+        started_ms = snapshot.began_ms if snapshot is not None else now_ms()
+        tokens = self.tokens(names)  # before the query: see levels/l1.py on the store race
+        cursor = run()
+        if tokens is None or (snapshot is not None and not snapshot.may_store(tokens)):
+            return cursor
+        result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
+        cursor.close()
+        self.store(key, names, tokens, result, config, started_ms)
+        return result
+
+    def write(self, names: Sequence[str], run: Callable[[], T]) -> T:
+        """Run a statement that changes ``names`` (an autocommit write, or a COMMIT): its L2
+        sweep is recorded durably before, the tokens bumped and the sweep sent after — also
+        when it fails, as a failed statement may still have changed rows."""
+        job = self.prepare_invalidation(names)
+        try:
+            return run()
+        finally:
+            if job is not None:
+                self.complete_invalidation(job)
 
     # -- the read path ----------------------------------------------------------------------
     def lookup(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:

@@ -183,36 +183,9 @@ class CachedDatabase:
             self.cache.counters.incr("uncacheable")
             return self._run(sql, params)
         self._on_cached_read()
-        result = self.cache.lookup(digest, names)
-        if result is not None:
-            return CachedCursor(result)
-        leader = txn is not None or self.cache.lead_fill(digest)  # one query per stampede
-        if not leader:
-            result = self.cache.await_fill(digest)
-            if result is not None:
-                return CachedCursor(result)
-        try:
-            return self._fill(digest, names, sql, params, options, txn)
-        finally:
-            if txn is None and leader:
-                self.cache.end_fill(digest)
-
-    def _fill(self, digest: str, names: Sequence[str], sql: str, params: Any,
-              options: CacheOptions, txn: Optional[Transaction]) -> Any:
-        """Run the query and store its result (when the rules allow).
-
-        The result is stamped with when its snapshot may have been taken: the query's start, or
-        inside a transaction its BEGIN (a REPEATABLE READ snapshot predates the query and maybe
-        another host's commit, whose sweeps keep results stamped later than the write)."""
-        started_ms = txn.began_ms if txn is not None else now_ms()
-        tokens = self.cache.tokens(names)  # before the query: see levels/l1.py on the store race
-        cursor = self._run(sql, params)
-        if tokens is None or (txn is not None and not txn.may_store(tokens)):
-            return cursor
-        result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
-        cursor.close()
-        self.cache.store(digest, names, tokens, result, options.config, started_ms)
-        return CachedCursor(result)
+        result = self.cache.read(digest, names, lambda: self._run(sql, params), options.config,
+                                 txn)
+        return CachedCursor(result) if isinstance(result, CachedResult) else result
 
     def _run(self, sql: str, params: Any) -> Any:
         """Send a statement already known to be a read, without analysing it again."""
@@ -231,13 +204,12 @@ class CachedDatabase:
         if txn is not None:  # invalidated at COMMIT; until then reads of these bypass the cache
             txn.wrote(tables, info.writes_unknown)
             return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
-        job = self.cache.prepare_invalidation(write_names(tables, info.writes_unknown))
+        names = write_names(tables, info.writes_unknown)
         try:
-            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            return self.cache.write(names, lambda: super(CachedDatabase, self).execute_sql(
+                sql, params, *args, **kwargs))
         finally:  # even a failed write may have changed rows (a server-side partial effect)
-            if job is not None:
-                self.cache.complete_invalidation(job)
-                self._broadcast(job.names)
+            self._broadcast(names)
 
     def _execute_stateful(self, sql: str, params: Any, info: SqlInfo, *args: Any,
                           **kwargs: Any) -> Any:
@@ -266,20 +238,19 @@ class CachedDatabase:
             if step.session:
                 self._kv_session_changed(current, step.session, sql, params, txn is not None)
         current.txn = txn
-        job = self.cache.prepare_invalidation(committed + autocommitted)
-        if committed:
+
+        def send() -> Any:
             self._broadcast(committed)  # inside the transaction: delivered with the commit
+            return super(CachedDatabase, self).execute_sql(sql, params, *args, **kwargs)
+
         try:
-            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            return self.cache.write(committed + autocommitted, send)
         except BaseException:
             ended = "commit" in info.control or "rollback" in info.control
             current.txn = None if ended else before
             raise
         finally:  # even a failed statement may have committed or written
-            if job is not None:
-                self.cache.complete_invalidation(job)
-                if autocommitted:
-                    self._broadcast(autocommitted)
+            self._broadcast(autocommitted)
 
     def _kv_session_changed(self, current: Session, key: str, sql: str, params: Any,
                             in_transaction: bool) -> None:
@@ -326,14 +297,13 @@ class CachedDatabase:
         return result
 
     def commit(self) -> Any:
-        job = self.cache.prepare_invalidation(self._kv_end_transaction())
-        if job is not None:
-            self._broadcast(job.names)  # inside the transaction: delivered with the commit
-        try:
-            return super().commit()  # type: ignore[misc]
-        finally:  # a failed COMMIT invalidates too: re-invalidating is always safe
-            if job is not None:
-                self.cache.complete_invalidation(job)
+        names = self._kv_end_transaction()
+
+        def send() -> Any:
+            self._broadcast(names)  # inside the transaction: delivered with the commit
+            return super(CachedDatabase, self).commit()  # type: ignore[misc]
+
+        return self.cache.write(names, send)  # a failed COMMIT invalidates too: always safe
 
     def rollback(self) -> Any:
         self._kv_end_transaction()  # nothing uncommitted was ever stored: nothing to invalidate
