@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from peewee_kvcache.kv import cloudflare, limits
+from peewee_kvcache.kv import base, cloudflare, codes, limits, transport
 from peewee_kvcache.kv.base import KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from peewee_kvcache.kv.cloudflare import BudgetExhausted, CloudflareKVNamespace, RequestBudget
 from peewee_kvcache.kv.local import LocalKVNamespace
@@ -192,27 +192,27 @@ def test_keys_with_reserved_characters(ns):
 
 TTL_MESSAGE = "Invalid expiration_ttl of 30. Expiration TTL must be at least 60."
 BAD_CALLS = {
-    "ttl 30": (lambda ns: ns.put("k", b"v", expiration_ttl=30), limits.ERR_INVALID_EXPIRATION_TTL),
-    "513-byte key": (lambda ns: ns.put("é" * 256 + "x", b"v"), limits.ERR_KEY_TOO_LONG),
-    "513-byte get": (lambda ns: ns.get("k" * 513), limits.ERR_KEY_TOO_LONG),
-    "dot key": (lambda ns: ns.put(".", b"v"), limits.ERR_ILLEGAL_KEY),
-    "dot-dot get": (lambda ns: ns.get(".."), limits.ERR_ILLEGAL_KEY),
-    "empty key": (lambda ns: ns.delete(""), limits.ERR_ILLEGAL_KEY),
+    "ttl 30": (lambda ns: ns.put("k", b"v", expiration_ttl=30), codes.ERR_INVALID_EXPIRATION_TTL),
+    "513-byte key": (lambda ns: ns.put("é" * 256 + "x", b"v"), codes.ERR_KEY_TOO_LONG),
+    "513-byte get": (lambda ns: ns.get("k" * 513), codes.ERR_KEY_TOO_LONG),
+    "dot key": (lambda ns: ns.put(".", b"v"), codes.ERR_ILLEGAL_KEY),
+    "dot-dot get": (lambda ns: ns.get(".."), codes.ERR_ILLEGAL_KEY),
+    "empty key": (lambda ns: ns.delete(""), codes.ERR_ILLEGAL_KEY),
     "1025-byte metadata": (lambda ns: ns.put("k", b"v", metadata={"x": "a" * 1017}),
-                           limits.ERR_INVALID_METADATA),
+                           codes.ERR_INVALID_METADATA),
     "value over 25 MiB": (lambda ns: ns.put("k", bytes(limits.MAX_VALUE_BYTES + 1)),
-                          limits.ERR_PAYLOAD_TOO_LARGE),
+                          codes.ERR_PAYLOAD_TOO_LARGE),
     "past expiration": (lambda ns: ns.put("k", b"v", expiration=int(time.time()) - 5),
-                        limits.ERR_INVALID_EXPIRATION),
+                        codes.ERR_INVALID_EXPIRATION),
     "expiration too soon": (lambda ns: ns.put("k", b"v", expiration=int(time.time()) + 30),
-                            limits.ERR_INVALID_EXPIRATION),
-    "list limit 5": (lambda ns: ns.list(limit=5), limits.ERR_INVALID_LIMIT),
-    "list limit 1001": (lambda ns: ns.list(limit=1001), limits.ERR_INVALID_LIMIT),
+                            codes.ERR_INVALID_EXPIRATION),
+    "list limit 5": (lambda ns: ns.list(limit=5), codes.ERR_INVALID_LIMIT),
+    "list limit 1001": (lambda ns: ns.list(limit=1001), codes.ERR_INVALID_LIMIT),
     "bad pair in bulk": (lambda ns: ns.bulk_put([KVPair("ok", b"v"), KVPair("..", b"v")]),
-                         limits.ERR_ILLEGAL_KEY),
+                         codes.ERR_ILLEGAL_KEY),
     "bad key in bulk delete": (lambda ns: ns.bulk_delete(["ok", "k" * 513]),
-                               limits.ERR_KEY_TOO_LONG),
-    "bad key in bulk get": (lambda ns: ns.bulk_get(["ok", "."]), limits.ERR_ILLEGAL_KEY),
+                               codes.ERR_KEY_TOO_LONG),
+    "bad key in bulk get": (lambda ns: ns.bulk_get(["ok", "."]), codes.ERR_ILLEGAL_KEY),
 }
 
 
@@ -233,7 +233,7 @@ def test_ttl_message_is_cloudflares(ns):
 def test_list_rejects_foreign_cursor(ns):
     with pytest.raises(KVError) as info:
         ns.list(cursor="not-a-cursor-we-issued")
-    assert info.value.code == limits.ERR_INVALID_CURSOR
+    assert info.value.code == codes.ERR_INVALID_CURSOR
 
 
 # --- the REST client only ---------------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_rate_limit_honours_retry_after(server, client):
 
 def test_long_retry_after_is_capped(server, client, monkeypatch):
     """A lockout's Retry-After (minutes) must not park the calling thread that long."""
-    monkeypatch.setattr(cloudflare, "_MAX_RETRY_AFTER", 0.2)
+    monkeypatch.setattr(transport, "_MAX_RETRY_AFTER", 0.2)
     server.inject(Fault("rate_limit", endpoint="get", retry_after=300))
     started = time.monotonic()
     with pytest.raises(KVError) as info:
@@ -450,6 +450,12 @@ def test_budget_exhausted_sends_nothing(server):
     assert sent(server) == 3
 
 
+def test_budget_exhausted_needs_no_backend_import():
+    """The cache catches it without importing the REST backend; the old name still works."""
+    assert base.BudgetExhausted is BudgetExhausted and issubclass(BudgetExhausted, KVError)
+    assert cloudflare.RequestBudget is RequestBudget and "BudgetExhausted" in cloudflare.__all__
+
+
 def test_bulk_call_pays_up_front(server):
     client = connect(server, budget=RequestBudget(2, 60, burst=2))
     with pytest.raises(BudgetExhausted):
@@ -493,7 +499,7 @@ def test_request_budget_is_a_thread_safe_bucket():
 def test_budget_never_exceeds_capacity_in_any_window(monkeypatch):
     """Greedy use over 15 simulated minutes: no 300 s window sees more than 1,200 requests."""
     clock = [1000.0]
-    monkeypatch.setattr("peewee_kvcache.kv.cloudflare.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("peewee_kvcache.kv.budget.time.monotonic", lambda: clock[0])
     budget = RequestBudget(1200, 300)
     grants = []
     for step in range(9000):
@@ -584,7 +590,7 @@ def test_token_never_leaks(server, caplog):
         connect(server, timeout=(1, 0.2), retries=0).get("k")
     failures.append(info.value)
     assert any(r.name.startswith("urllib3") for r in caplog.records)
-    assert any(r.name == "peewee_kvcache.kv.cloudflare" for r in caplog.records)
+    assert any(r.name == "peewee_kvcache.kv.transport" for r in caplog.records)
     for record in caplog.records:
         assert TOKEN not in record.getMessage()
     for exc in failures:

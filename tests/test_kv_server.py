@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from peewee_kvcache.kv import limits
+from peewee_kvcache.kv import codes, limits
 from peewee_kvcache.testing.kv_server import ENDPOINTS, Fault, KVServer
 
 TOKEN = "test-token-7Qx9"
@@ -137,11 +137,11 @@ def test_multipart_put_with_metadata(api, server):
 
 def test_multipart_errors(api):
     assert_error(api("PUT", "/values/m", files={"metadata": (None, "{}")}), 400,
-                 limits.ERR_MALFORMED_REQUEST)
+                 codes.ERR_MALFORMED_REQUEST)
     bad_json = [("value", (None, b"v")), ("metadata", (None, "{not json"))]
-    assert_error(api("PUT", "/values/m", files=bad_json), 400, limits.ERR_INVALID_METADATA)
+    assert_error(api("PUT", "/values/m", files=bad_json), 400, codes.ERR_INVALID_METADATA)
     too_big = [("value", (None, b"v")), ("metadata", (None, json.dumps({"x": "y" * 1100})))]
-    assert_error(api("PUT", "/values/m", files=too_big), 413, limits.ERR_INVALID_METADATA)
+    assert_error(api("PUT", "/values/m", files=too_big), 413, codes.ERR_INVALID_METADATA)
     assert api.get("m").status_code == 404
 
 
@@ -176,32 +176,32 @@ def test_raw_utf8_key_bytes_read_as_utf8(server):
 
 @pytest.mark.parametrize("encoded", ["%2E", "%2E%2E", "%FF%FE"])
 def test_illegal_key_names(api, encoded):
-    assert_error(api("PUT", "/values/" + encoded, data=b"v"), 400, limits.ERR_ILLEGAL_KEY)
-    assert_error(api("GET", "/values/" + encoded), 400, limits.ERR_ILLEGAL_KEY)
+    assert_error(api("PUT", "/values/" + encoded, data=b"v"), 400, codes.ERR_ILLEGAL_KEY)
+    assert_error(api("GET", "/values/" + encoded), 400, codes.ERR_ILLEGAL_KEY)
 
 
 def test_key_length_limit(api):
     assert_ok(api.put("é" * 256))  # 512 UTF-8 bytes
-    assert_error(api.put("é" * 256 + "x"), 414, limits.ERR_KEY_TOO_LONG)
-    assert_error(api.get("k" * 513), 414, limits.ERR_KEY_TOO_LONG)
+    assert_error(api.put("é" * 256 + "x"), 414, codes.ERR_KEY_TOO_LONG)
+    assert_error(api.get("k" * 513), 414, codes.ERR_KEY_TOO_LONG)
 
 
 def test_value_too_large(api):
     assert_error(api.put("big", b"\0" * (limits.MAX_VALUE_BYTES + 1)), 413,
-                 limits.ERR_PAYLOAD_TOO_LARGE)
+                 codes.ERR_PAYLOAD_TOO_LARGE)
     assert api.get("big").status_code == 404
 
 
 def test_expiration_errors(api):
     assert_error(api.put("k", params={"expiration_ttl": 30}), 400,
-                 limits.ERR_INVALID_EXPIRATION_TTL,
+                 codes.ERR_INVALID_EXPIRATION_TTL,
                  "Invalid expiration_ttl of 30. Expiration TTL must be at least 60.")
     assert_error(api.put("k", params={"expiration_ttl": "soon"}), 400,
-                 limits.ERR_INVALID_EXPIRATION_TTL)
+                 codes.ERR_INVALID_EXPIRATION_TTL)
     assert_error(api.put("k", params={"expiration": int(time.time()) - 5}), 400,
-                 limits.ERR_INVALID_EXPIRATION)
+                 codes.ERR_INVALID_EXPIRATION)
     assert_error(api.put("k", params={"expiration": int(time.time()) + 30}), 400,
-                 limits.ERR_INVALID_EXPIRATION)
+                 codes.ERR_INVALID_EXPIRATION)
     assert api.get("k").status_code == 404
 
 
@@ -221,7 +221,7 @@ def test_declared_body_over_limit_is_refused_unread(server):
         conn.close()
     assert response.status == 413
     assert response.getheader("Connection") == "close"
-    assert body["errors"][0]["code"] == limits.ERR_PAYLOAD_TOO_LARGE
+    assert body["errors"][0]["code"] == codes.ERR_PAYLOAD_TOO_LARGE
 
 
 # --- auth and routing -------------------------------------------------------------------------
@@ -277,13 +277,13 @@ def test_bulk_put_text_base64_expiry_metadata(api, server):
 
 
 @pytest.mark.parametrize("body, code", [
-    (b"not json", limits.ERR_MALFORMED_REQUEST),
-    (b'{"key": "k", "value": "v"}', limits.ERR_MALFORMED_REQUEST),
-    (b'[{"key": "k", "value": 1}]', limits.ERR_MALFORMED_REQUEST),
-    (b'[{"key": "k", "value": "@@", "base64": true}]', limits.ERR_MALFORMED_REQUEST),
-    (b'[{"key": "ok", "value": "v"}, {"key": "..", "value": "v"}]', limits.ERR_ILLEGAL_KEY),
+    (b"not json", codes.ERR_MALFORMED_REQUEST),
+    (b'{"key": "k", "value": "v"}', codes.ERR_MALFORMED_REQUEST),
+    (b'[{"key": "k", "value": 1}]', codes.ERR_MALFORMED_REQUEST),
+    (b'[{"key": "k", "value": "@@", "base64": true}]', codes.ERR_MALFORMED_REQUEST),
+    (b'[{"key": "ok", "value": "v"}, {"key": "..", "value": "v"}]', codes.ERR_ILLEGAL_KEY),
     (b'[{"key": "ok", "value": "v"}, {"key": "k", "value": "v", "expiration_ttl": 30}]',
-     limits.ERR_INVALID_EXPIRATION_TTL),
+     codes.ERR_INVALID_EXPIRATION_TTL),
 ])
 def test_bulk_put_rejects_the_whole_request(api, body, code):
     assert_error(api("PUT", "/bulk", data=body), 400, code)
@@ -299,8 +299,8 @@ def test_bulk_delete_and_legacy_route(api, server):
               {"successful_key_count": 1, "unsuccessful_keys": []})
     assert [entry["name"] for entry in api("GET", "/keys").json()["result"]] == ["c"]
     assert_error(api("POST", "/bulk/delete", json={"keys": ["c"]}), 400,
-                 limits.ERR_MALFORMED_REQUEST)
-    assert_error(api("POST", "/bulk/delete", json=["c", 7]), 400, limits.ERR_ILLEGAL_KEY)
+                 codes.ERR_MALFORMED_REQUEST)
+    assert_error(api("POST", "/bulk/delete", json=["c", 7]), 400, codes.ERR_ILLEGAL_KEY)
 
 
 def test_bulk_get_text_json_and_metadata(api, server):
@@ -318,25 +318,25 @@ def test_bulk_get_text_json_and_metadata(api, server):
     assert with_meta["j"]["metadata"] == {"m": True} and with_meta["j"]["expiration"] > time.time()
     assert with_meta["missing"] is None
     assert_error(api("POST", "/bulk/get", json={"keys": ["t"], "type": "json"}), 400,
-                 limits.ERR_MALFORMED_REQUEST)
+                 codes.ERR_MALFORMED_REQUEST)
     for bad in ({"keys": "t"}, ["t"], {"keys": ["t"], "type": "arrayBuffer"},
                 {"keys": ["t"], "withMetadata": "yes"}):
-        assert_error(api("POST", "/bulk/get", json=bad), 400, limits.ERR_MALFORMED_REQUEST)
+        assert_error(api("POST", "/bulk/get", json=bad), 400, codes.ERR_MALFORMED_REQUEST)
 
 
 def test_bulk_item_count_limits(api, server):
     too_many = limits.BULK_WRITE_MAX_ITEMS + 1
     response = api("PUT", "/bulk", json=[{"key": f"k{i}", "value": ""} for i in range(too_many)])
-    assert_error(response, 400, limits.ERR_MALFORMED_REQUEST,
+    assert_error(response, 400, codes.ERR_MALFORMED_REQUEST,
                  "bulk put: 'received 10001 key/value pairs, but max allowed per request is: "
                  "10000'")
     assert server.namespace.list(limit=10).keys == []
     assert_error(api("POST", "/bulk/delete", json=[f"k{i}" for i in range(too_many)]), 400,
-                 limits.ERR_MALFORMED_REQUEST)
+                 codes.ERR_MALFORMED_REQUEST)
     assert_ok(api("POST", "/bulk/delete", json=[f"k{i}" for i in range(too_many - 1)]),
               {"successful_key_count": 10_000, "unsuccessful_keys": []})
     assert_error(api("POST", "/bulk/get", json={"keys": [f"k{i}" for i in range(101)]}), 400,
-                 limits.ERR_MALFORMED_REQUEST)
+                 codes.ERR_MALFORMED_REQUEST)
 
 
 # --- list -------------------------------------------------------------------------------------
@@ -367,7 +367,7 @@ def test_list_paginates_2500_keys_in_order(api, server):
 
 @pytest.mark.parametrize("limit", [9, 1001, "ten", -1])
 def test_list_limit_bounds(api, limit):
-    assert_error(api("GET", "/keys", params={"limit": limit}), 400, limits.ERR_INVALID_LIMIT)
+    assert_error(api("GET", "/keys", params={"limit": limit}), 400, codes.ERR_INVALID_LIMIT)
 
 
 def test_list_limit_edges_and_bad_cursor(api):
@@ -376,7 +376,7 @@ def test_list_limit_edges_and_bad_cursor(api):
                                                                                 "cursor": ""}
     assert_ok(api("GET", "/keys", params={"limit": 1000}), [])
     assert_error(api("GET", "/keys", params={"cursor": "not-a-cursor!"}), 400,
-                 limits.ERR_INVALID_CURSOR)
+                 codes.ERR_INVALID_CURSOR)
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -487,8 +487,8 @@ def test_admin_faults_counts_and_reset_over_http(api, server):
     assert server.counts() == dict.fromkeys(ENDPOINTS, 0)
     assert_error(api.get("k"), 404, 10009)
     for bad in ({"kind": "explode"}, {"kind": "drop", "bogus": 1}, [1]):
-        assert_error(api.admin("POST", "faults", json=bad), 400, limits.ERR_MALFORMED_REQUEST)
-    assert_error(api.admin("POST", "faults", data=b"{oops"), 400, limits.ERR_MALFORMED_REQUEST)
+        assert_error(api.admin("POST", "faults", json=bad), 400, codes.ERR_MALFORMED_REQUEST)
+    assert_error(api.admin("POST", "faults", data=b"{oops"), 400, codes.ERR_MALFORMED_REQUEST)
     assert_error(api.admin("GET", "nothing"), 400, 7000)
 
 

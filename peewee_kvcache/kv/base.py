@@ -24,6 +24,11 @@ class KVOutcomeUnknown(KVError):
     applied, or may still be applied later. The caller must assume it lands late."""
 
 
+class BudgetExhausted(KVError):
+    """The client-side request budget is spent; nothing was sent, so the caller should skip L2
+    for now. Defined here, beside the other outcomes, so callers need not import a backend."""
+
+
 @dataclass(frozen=True)
 class KVPair:
     """One value to write; ``expiration`` is absolute unix seconds, ``expiration_ttl`` relative."""

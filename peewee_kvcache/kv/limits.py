@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any, NamedTuple, Optional, Union
 
+from . import codes
 from .base import KVError
 
 MAX_KEY_BYTES = 512
@@ -24,16 +25,6 @@ BULK_GET_MAX_KEYS = 100
 BULK_REQUEST_MAX_BYTES = 100 * 1000 * 1000
 LIST_MIN_LIMIT = 10
 LIST_MAX_LIMIT = 1000
-
-ERR_MALFORMED_REQUEST = 10012  # also what KV answers for an oversized bulk request
-ERR_PAYLOAD_TOO_LARGE = 10024
-ERR_INVALID_LIMIT = 10028
-ERR_KEY_TOO_LONG = 10030
-ERR_INVALID_EXPIRATION = 10033
-ERR_INVALID_EXPIRATION_TTL = 10034
-ERR_INVALID_CURSOR = 10041
-ERR_ILLEGAL_KEY = 10042
-ERR_INVALID_METADATA = 10047
 
 _BULK_MAXIMUM = {
     "put": (BULK_WRITE_MAX_ITEMS, "key/value pairs"),
@@ -70,14 +61,15 @@ def _as_int(raw: Any) -> Optional[int]:
 
 def _key_length(key: Any, what: str) -> bytes:
     if not isinstance(key, str):
-        raise KVError(f"{what} must be a string, not {type(key).__name__}.", ERR_ILLEGAL_KEY, 400)
+        raise KVError(f"{what} must be a string, not {type(key).__name__}.",
+                      codes.ERR_ILLEGAL_KEY, 400)
     try:
         encoded = key.encode("utf-8")
     except UnicodeEncodeError:
-        raise KVError(f"{what} is not valid UTF-8.", ERR_ILLEGAL_KEY, 400) from None
+        raise KVError(f"{what} is not valid UTF-8.", codes.ERR_ILLEGAL_KEY, 400) from None
     if len(encoded) > MAX_KEY_BYTES:
         raise KVError(f"UTF-8 encoded length of {len(encoded)} exceeds key length limit of "
-                      f"{MAX_KEY_BYTES}.", ERR_KEY_TOO_LONG, 414)
+                      f"{MAX_KEY_BYTES}.", codes.ERR_KEY_TOO_LONG, 414)
     return encoded
 
 
@@ -85,10 +77,10 @@ def validate_key(key: Any) -> bytes:
     """Check a key name; returns its UTF-8 bytes (what KV measures and sorts by)."""
     encoded = _key_length(key, "Key name")
     if not encoded:
-        raise KVError("Key names must not be empty.", ERR_ILLEGAL_KEY, 400)
+        raise KVError("Key names must not be empty.", codes.ERR_ILLEGAL_KEY, 400)
     if key in ILLEGAL_KEYS:
         raise KVError(f'Illegal key name "{key}". Please use a different name.',
-                      ERR_ILLEGAL_KEY, 400)
+                      codes.ERR_ILLEGAL_KEY, 400)
     return encoded
 
 
@@ -101,11 +93,11 @@ def validate_value(value: Any) -> bytes:
     """Check a value is bytes-like and within 25 MiB; returns it as bytes."""
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise KVError(f"Malformed value: expected bytes, got {type(value).__name__}.",
-                      ERR_MALFORMED_REQUEST, 400)
+                      codes.ERR_MALFORMED_REQUEST, 400)
     size = value.nbytes if isinstance(value, memoryview) else len(value)
     if size > MAX_VALUE_BYTES:
         raise KVError(f"Value length of {size} exceeds limit of {MAX_VALUE_BYTES}.",
-                      ERR_PAYLOAD_TOO_LARGE, 413)
+                      codes.ERR_PAYLOAD_TOO_LARGE, 413)
     return bytes(value)
 
 
@@ -114,11 +106,11 @@ def validate_metadata_json(raw: Union[str, bytes]) -> Any:
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
     if size > MAX_METADATA_BYTES:
         raise KVError(f"Metadata length of {size} exceeds limit of {MAX_METADATA_BYTES}.",
-                      ERR_INVALID_METADATA, 413)
+                      codes.ERR_INVALID_METADATA, 413)
     try:
         return json.loads(raw)
     except ValueError:
-        raise KVError("Metadata is not valid JSON.", ERR_INVALID_METADATA, 400) from None
+        raise KVError("Metadata is not valid JSON.", codes.ERR_INVALID_METADATA, 400) from None
 
 
 def validate_metadata(metadata: Any) -> Optional[str]:
@@ -129,7 +121,7 @@ def validate_metadata(metadata: Any) -> Optional[str]:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise KVError(f"Metadata is not JSON-serialisable: {_show(exc)}",
-                      ERR_INVALID_METADATA, 400) from None
+                      codes.ERR_INVALID_METADATA, 400) from None
     validate_metadata_json(text)
     return text
 
@@ -145,21 +137,21 @@ def resolve_expiration(expiration: Any = None, expiration_ttl: Any = None, *,
         ttl = _as_int(expiration_ttl)
         if ttl is None or ttl <= 0:
             raise KVError(f"Invalid expiration_ttl of {_show(expiration_ttl)}. Please specify "
-                          "integer greater than 0.", ERR_INVALID_EXPIRATION_TTL, 400)
+                          "integer greater than 0.", codes.ERR_INVALID_EXPIRATION_TTL, 400)
         if ttl < MIN_EXPIRATION_TTL:
             raise KVError(f"Invalid expiration_ttl of {ttl}. Expiration TTL must be at least "
-                          f"{MIN_EXPIRATION_TTL}.", ERR_INVALID_EXPIRATION_TTL, 400)
+                          f"{MIN_EXPIRATION_TTL}.", codes.ERR_INVALID_EXPIRATION_TTL, 400)
         return current + ttl
     if expiration is not None:
         at = _as_int(expiration)
         if at is None or at <= current:
             raise KVError(f"Invalid expiration of {_show(expiration)}. Please specify integer "
                           "greater than the current number of seconds since the UNIX epoch.",
-                          ERR_INVALID_EXPIRATION, 400)
+                          codes.ERR_INVALID_EXPIRATION, 400)
         if at < current + MIN_EXPIRATION_TTL:
             raise KVError(f"Invalid expiration of {at}. Expiration times must be at least "
                           f"{MIN_EXPIRATION_TTL} seconds in the future.",
-                          ERR_INVALID_EXPIRATION, 400)
+                          codes.ERR_INVALID_EXPIRATION, 400)
         return at
     return None
 
@@ -178,7 +170,7 @@ def validate_list_limit(limit: Any) -> int:
     count = _as_int(limit)
     if count is None or not LIST_MIN_LIMIT <= count <= LIST_MAX_LIMIT:
         raise KVError(f"Invalid limit of {_show(limit)}. Please specify an integer between "
-                      f"{LIST_MIN_LIMIT} and {LIST_MAX_LIMIT}.", ERR_INVALID_LIMIT, 400)
+                      f"{LIST_MIN_LIMIT} and {LIST_MAX_LIMIT}.", codes.ERR_INVALID_LIMIT, 400)
     return count
 
 
@@ -187,4 +179,4 @@ def validate_bulk_count(operation: str, count: int) -> None:
     maximum, items = _BULK_MAXIMUM[operation]
     if count > maximum:
         raise KVError(f"bulk {operation}: 'received {count} {items}, but max allowed per "
-                      f"request is: {maximum}'", ERR_MALFORMED_REQUEST, 400)
+                      f"request is: {maximum}'", codes.ERR_MALFORMED_REQUEST, 400)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from ..core import forksafe
-from . import limits
+from . import codes, limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
 # Keys are stored as their UTF-8 bytes so SQLite's memcmp order is KV's byte order and a prefix
@@ -48,12 +48,12 @@ def _encode_cursor(key: bytes) -> str:
 def _decode_cursor(cursor: Any) -> bytes:
     """The last key of the previous page; anything we did not issue is rejected like KV does."""
     try:
-        key = base64.urlsafe_b64decode(cursor.encode("ascii"))
-        if _encode_cursor(key) == cursor:
-            return key
-    except (AttributeError, UnicodeEncodeError, binascii.Error):
-        pass
-    raise KVError("Invalid list cursor.", limits.ERR_INVALID_CURSOR, 400)
+        key: Optional[bytes] = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (AttributeError, UnicodeEncodeError, binascii.Error):  # not a str, not base64
+        key = None
+    if key is None or _encode_cursor(key) != cursor:
+        raise KVError("Invalid list cursor.", codes.ERR_INVALID_CURSOR, 400)
+    return key
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import binascii
 import dataclasses
 import email.policy
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -29,22 +28,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
-from ..kv import limits
+from ..kv import codes, limits
 from ..kv.base import KVError, KVPair
 from ..kv.local import LocalKVNamespace
+from ..kv.transport import is_loopback
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("get", "metadata", "put", "delete", "bulk_put", "bulk_delete", "bulk_get", "list")
 FAULT_KINDS = ("latency", "status", "rate_limit", "timeout", "drop", "malformed")
 ADMIN_PREFIX = "/__admin/"
-
-ERR_AUTH = 10000
-ERR_NO_ROUTE = 7000
-ERR_BAD_ACCOUNT = 7003
-ERR_KEY_NOT_FOUND = 10009
-ERR_NAMESPACE_NOT_FOUND = 10013
-ERR_RATE_LIMITED = 971
 
 _ROOT = re.compile(r"/client/v4/accounts/([^/]+)/storage/kv/namespaces/([^/]+)/(.+)")
 _ROUTES = {
@@ -118,13 +111,6 @@ def _route(method: str, path: str) -> Optional[_Route]:
     return _Route(endpoint, account, namespace, raw_key) if endpoint else None
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _envelope(result: Any = None, errors: Optional[List[Dict[str, Any]]] = None,
               result_info: Optional[Dict[str, Any]] = None) -> bytes:
     body = {"success": not errors, "errors": errors or [], "messages": [], "result": result}
@@ -134,7 +120,7 @@ def _envelope(result: Any = None, errors: Optional[List[Dict[str, Any]]] = None,
 
 
 def _malformed(message: str) -> KVError:
-    return KVError(message, limits.ERR_MALFORMED_REQUEST, 400)
+    return KVError(message, codes.ERR_MALFORMED_REQUEST, 400)
 
 
 def _json_body(body: bytes, shape: type, what: str) -> Any:
@@ -223,12 +209,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return
             self._authenticate()
             if not route:
-                raise KVError("No route for that URI", ERR_NO_ROUTE, 400)
+                raise KVError("No route for that URI", codes.ERR_NO_ROUTE, 400)
             if unquote(route.account) != kv.account_id:
                 raise KVError(f"Could not route to {url.path}, perhaps your object identifier is "
-                              "invalid?", ERR_BAD_ACCOUNT, 404)
+                              "invalid?", codes.ERR_BAD_ACCOUNT, 404)
             if unquote(route.namespace) != kv.namespace_id:
-                raise KVError("namespace not found", ERR_NAMESPACE_NOT_FOUND, 404)
+                raise KVError("namespace not found", codes.ERR_NAMESPACE_NOT_FOUND, 404)
             wait = kv.admit()
             if wait is not None:
                 return self._rate_limited(wait)
@@ -254,11 +240,11 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or length < 0:
             self.close_connection = True
             raise KVError("Send a valid Content-Length (chunked bodies are not supported).",
-                          limits.ERR_MALFORMED_REQUEST, 411)
+                          codes.ERR_MALFORMED_REQUEST, 411)
         if length > maximum:
             self.close_connection = True  # the unread body must not be taken for a request
             raise KVError(f"Request body of {length} bytes exceeds limit of {maximum}.",
-                          limits.ERR_PAYLOAD_TOO_LARGE, 413)
+                          codes.ERR_PAYLOAD_TOO_LARGE, 413)
         return self.rfile.read(length)
 
     def _act_out(self, fault: Fault) -> bool:
@@ -280,10 +266,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Bearer token, compared in constant time: 401 without credentials, 403 if wrong."""
         scheme, _, token = self.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise KVError("Authentication error", ERR_AUTH, 401)
+            raise KVError("Authentication error", codes.ERR_AUTH, 401)
         if not hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"),
                                    self.server.owner.api_token.encode("utf-8")):
-            raise KVError("Authentication error", ERR_AUTH, 403)
+            raise KVError("Authentication error", codes.ERR_AUTH, 403)
 
     @staticmethod
     def _key(raw: str) -> str:
@@ -292,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             return unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
         except UnicodeError:
-            raise KVError("Key name is not valid UTF-8.", limits.ERR_ILLEGAL_KEY, 400) from None
+            raise KVError("Key name is not valid UTF-8.", codes.ERR_ILLEGAL_KEY, 400) from None
 
     # --- responses ----------------------------------------------------------------------------
 
@@ -327,21 +313,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _rate_limited(self, retry_after: int) -> None:
         self._send_error(KVError("Please wait and consider throttling your request speed",
-                                 ERR_RATE_LIMITED, 429), {"Retry-After": str(retry_after)})
+                                 codes.ERR_RATE_LIMITED, 429), {"Retry-After": str(retry_after)})
 
     # --- operations: the decoded key (None for bulk and list), self._query, self._body -------
 
     def _op_get(self, key: str) -> None:
         found = self._ns.get_with_metadata(key)
         if found is None:
-            raise KVError("get: 'key not found'", ERR_KEY_NOT_FOUND, 404)
+            raise KVError("get: 'key not found'", codes.ERR_KEY_NOT_FOUND, 404)
         headers = {} if found.expiration is None else {"expiration": str(found.expiration)}
         self._send(200, found.value, "application/octet-stream", headers)
 
     def _op_metadata(self, key: str) -> None:
         found = self._ns.get_with_metadata(key)
         if found is None:
-            raise KVError("metadata: 'key not found'", ERR_KEY_NOT_FOUND, 404)
+            raise KVError("metadata: 'key not found'", codes.ERR_KEY_NOT_FOUND, 404)
         self._send_result(found.metadata)
 
     def _op_put(self, key: str) -> None:
@@ -428,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif (method, name) == ("POST", "reset"):
             kv.reset()
         else:
-            raise KVError("No route for that URI", ERR_NO_ROUTE, 400)
+            raise KVError("No route for that URI", codes.ERR_NO_ROUTE, 400)
         self._send_result()
 
 
@@ -446,7 +432,7 @@ class KVServer:
                  port: int = 0, api_token: str = "local-dev-token",
                  account_id: str = "local-account", namespace_id: str = "local-namespace",
                  rate_limit: Optional[Tuple[int, float]] = None) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(f"KVServer binds to loopback only, not {host!r}")
         if not api_token or not account_id or not namespace_id:
             raise ValueError("api_token, account_id and namespace_id must not be empty")
