@@ -18,6 +18,7 @@ setup(
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["peewee_kvcache", "peewee_kvcache.*"]),
+    package_data={"peewee_kvcache": ["py.typed"]},  # PEP 561: type checkers read its hints
     python_requires=">=3.9",
     entry_points={"console_scripts": ["peewee-kvcache=peewee_kvcache.cli.main:main"]},
     install_requires=[
@@ -36,7 +37,8 @@ setup(
         "examples": POSTGRES + EXAMPLES,
         "bench": POSTGRES + BENCH,
         "test": POSTGRES + MYSQL + EXAMPLES + ["pytest>=7", "freezegun>=1.2",
-                                               "pytest-timeout>=2.1", "gunicorn>=21"],
+                                               "pytest-timeout>=2.1", "gunicorn>=21",
+                                               "mypy>=1.0"],  # tests/test_typing.py
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,16 +1,19 @@
-"""peewee_kvcache: a two-level query-result cache for Peewee (diskcache L1, Workers KV L2).
+"""peewee_kvcache: a query-result cache for Peewee in three levels (process memory, an L1
+diskcache directory per host, an L2 Workers KV namespace shared by every host).
 
-Importing the package adds ``with_cache()`` to every Peewee select.
+Importing the package adds ``with_cache()`` to every Peewee select (``orm.query.uninstall()``
+takes it away again); ``with_cache(query, ...)`` is the same, typed for type checkers.
 """
 from .cache.facade import CloudflareKVCache
 from .core.codec import CachedResult
 from .core.config import CacheConfig
-from .orm.database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
-                       CachedPostgresqlDatabase, CachedSqliteDatabase)
+from .core.stats import CacheStats
 from .kv.cloudflare import CloudflareKVNamespace, RequestBudget
 from .kv.local import LocalKVNamespace
+from .orm.database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
+                           CachedPostgresqlDatabase, CachedSqliteDatabase)
 from .orm.query import install as _install
-from .core.stats import CacheStats
+from .orm.query import with_cache
 
 _install()
 
@@ -18,6 +21,6 @@ __all__ = [
     "CachedDatabase", "CachedPostgresqlDatabase", "CachedPooledPostgresqlDatabase",
     "CachedSqliteDatabase", "CachedMySQLDatabase", "CloudflareKVCache", "LocalKVNamespace",
     "CloudflareKVNamespace", "RequestBudget",
-    "CacheConfig", "CachedResult", "CacheStats",
+    "CacheConfig", "CachedResult", "CacheStats", "with_cache",
 ]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from typing import List
 import pytest
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache, LocalKVNamespace
-from peewee_kvcache.orm import database as database_module
+from peewee_kvcache.orm import notify as notify_module
 from peewee_kvcache.invalidation.outbox import Outbox
 from tests.conftest import open_database
 
@@ -164,7 +164,7 @@ def test_concurrent_first_reads_start_one_listener(make_cache, request, tmp_path
     made = []
     meet = threading.Barrier(4)
 
-    class MeetingListener(database_module.Listener):
+    class MeetingListener(notify_module.Listener):
         def __init__(self, *args, **kwargs):
             made.append(self)
             try:  # every caller gets here at once unless only one may build the listener
@@ -173,9 +173,9 @@ def test_concurrent_first_reads_start_one_listener(make_cache, request, tmp_path
                 pass
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(database_module, "Listener", MeetingListener)
+    monkeypatch.setattr(notify_module, "Listener", MeetingListener)
     db = open_database("postgres", make_cache(), request, tmp_path)
-    callers = [threading.Thread(target=db._on_cached_read) for _ in range(4)]
+    callers = [threading.Thread(target=db._kv_before_read) for _ in range(4)]
     for caller in callers:
         caller.start()
     for caller in callers:

@@ -8,8 +8,7 @@ The session part keeps result keys apart when statements such as ``SET search_pa
 ROLE`` or ``USE db`` make the same SQL mean something else. Each connection carries an identity
 (the database's, plus the session statements it ran) that feeds every key made on it; a hit pays
 nothing more than before, as the key hash prefix is memoised per identity. Statements are kept by
-what they set (:func:`..sql.analysis._session_key`), last one per setting, in order, so connections that
-ran the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching
+what they set (``SqlInfo.session``), last one per setting, in order, so connections that ran the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching
 between tenants reuses each tenant's entries instead of growing a new identity per request. A
 statement whose effect can't be keyed (an expression, a variable, a transaction that may roll it
 back) gives the connection an identity of its own until it is closed: never shared, never wrong.
@@ -23,11 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 
 from ..core import forksafe
+from ..core.codec import UnsupportedValue, encode_params
 from ..core.names import write_names
 from ..sql.analysis import OPAQUE
-
-_MAX_MEMOS = 64
-_MAX_MEMO_ENTRIES = 4096
+from .keys import Memos
 
 
 @dataclass
@@ -98,28 +96,6 @@ class Session:
         self.hashes = self._memos.get(self.identity)
 
 
-class Memos:
-    """Per identity, SQL text → key hash state fed that identity and the SQL (the hit path then
-    hashes only the parameters); shared by the sessions with that identity."""
-
-    def __init__(self) -> None:
-        self._memos: Dict[bytes, Dict[str, Any]] = {}
-
-    def get(self, identity: bytes) -> Dict[str, Any]:
-        memo = self._memos.get(identity)
-        if memo is None:
-            if len(self._memos) >= _MAX_MEMOS:
-                self._memos.clear()
-            memo = self._memos[identity] = {}
-        return memo
-
-    @staticmethod
-    def remember(memo: Dict[str, Any], sql: str, value: Any) -> None:
-        if len(memo) >= _MAX_MEMO_ENTRIES:
-            memo.clear()
-        memo[sql] = value
-
-
 class Sessions:
     """The sessions of one database object, found from Peewee's connection state (per thread,
     or shared with ``thread_safe=False``) and, for a pooled connection, from the connection.
@@ -146,10 +122,48 @@ class Sessions:
         database, or maybe a pooled connection whose session a statement changed."""
         return self._per_connection or (self._pooled and self._changed)
 
-    def changed(self, session: Session, key: str, statement: bytes) -> None:
-        """``session`` ran a statement that changed it (see :meth:`Session.changed`)."""
+    def changed(self, session: Session, key: str, sql: str, params: Any,
+                in_transaction: bool) -> None:
+        """``session`` ran ``sql`` with ``params``, which set ``key`` (see
+        :meth:`Session.changed`); inside a transaction a rollback may undo it (PostgreSQL), so
+        it can't be keyed."""
         self._changed = True
-        session.changed(key, statement)
+        try:
+            statement = sql.encode() + b"\x00" + encode_params(params or ())
+        except UnsupportedValue:
+            key, statement = OPAQUE, b""
+        session.changed(OPAQUE if in_transaction else key, statement)
+
+    def current(self, state: Any, open_connection: Callable[[], Any],
+                connect: bool = False) -> Session:
+        """The session of the connection on Peewee's ``state``. A connection not opened yet is
+        fresh (its session empty) unless ``connect`` asks or :attr:`needs_connection`: then
+        ``open_connection()`` opens it, as the statement about to run would."""
+        current = getattr(state, "kv_session", None)
+        conn = state.conn
+        if current is not None and current.owns(conn):
+            return current
+        if conn is None:
+            if not (connect or self.needs_connection):
+                return self.detached()
+            conn = open_connection()
+        return self.bind(state, conn)
+
+    @staticmethod
+    def bound(state: Any) -> Optional[Session]:
+        """The session of the connection on ``state`` if it has one already (never connects):
+        every transaction begins on a bound session. ``state`` is None while Peewee's
+        ``__init__`` runs."""
+        current = getattr(state, "kv_session", None)
+        return current if current is not None and current.owns(state.conn) else None
+
+    @staticmethod
+    def closed(state: Any, session: Optional[Session]) -> None:
+        """The connection of ``session`` was closed: a transaction it had was rolled back. A
+        pooled connection keeps its session for its next user (found again through ``bind``)."""
+        if session is not None:
+            session.end()
+            state.kv_session = None
 
     def detached(self) -> Session:
         """The session of a connection not opened yet: nothing changed, no transaction."""

@@ -5,6 +5,9 @@ writer therefore also sends ``pg_notify``: inside its transaction (delivered exa
 commit is, never for a rollback), or right after an autocommit write; a listener thread in every
 process bumps the named tokens in its own L1. Without it (or when a notification is lost, e.g. a
 crash between an autocommit write and its NOTIFY) ``l1_max_age`` still bounds staleness.
+
+:class:`PostgresNotifications` mixes both into a PostgreSQL database class; it overrides only
+the two hooks :class:`~.database.CachedDatabase` offers (``_kv_broadcast``, ``_kv_before_read``).
 """
 from __future__ import annotations
 
@@ -12,9 +15,13 @@ import json
 import logging
 import select
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import peewee
+
 from ..core import forksafe
+from ..core.names import EVERYTHING
 
 log = logging.getLogger("peewee_kvcache")
 
@@ -134,3 +141,52 @@ class Listener:
         except Exception:
             log.warning("peewee_kvcache: L1 eviction from a notification failed",
                         exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+class PostgresNotifications:
+    """Cross-host L1 eviction for PostgreSQL: ``pg_notify`` inside the writing transaction and a
+    LISTEN thread per database object. ``notify=False`` turns both off. Mix in before
+    :class:`~.database.CachedDatabase`."""
+
+    def __init__(self, database: Any, *args: Any, notify: bool = True, **kwargs: Any):
+        if not isinstance(notify, bool):
+            raise TypeError(f"notify must be a bool, got {notify!r}")
+        self._kv_notify = notify
+        self._kv_listener: Optional[Listener] = None
+        self._kv_listener_lock = threading.Lock()  # one LISTEN thread, however many readers
+        forksafe.renew_locks(self, "_kv_listener_lock")
+        super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
+
+    def _kv_broadcast(self, names: Sequence[str]) -> None:
+        if not (self._kv_notify and names):
+            return
+        cache = self.cache  # type: ignore[attr-defined]
+        try:
+            self._run("SELECT pg_notify(%s, %s)",  # type: ignore[attr-defined]
+                      (cache.channel, payload(cache.origin, names, EVERYTHING)))
+        except peewee.PeeweeException as exc:  # l1_max_age still bounds other hosts' staleness
+            log.warning("peewee_kvcache: NOTIFY failed (%s: %s)", type(exc).__name__, exc)
+
+    def _kv_before_read(self) -> None:
+        listener = self._kv_listener
+        if self._kv_notify and (listener is None or listener.needs_start):  # e.g. after fork
+            self.start_listener()
+
+    def start_listener(self) -> Listener:
+        """Start (once per process) the thread that evicts this host's L1 entries on other
+        hosts' writes."""
+        with self._kv_listener_lock:
+            if self._kv_listener is None:
+                import psycopg2
+                params = dict(self.connect_params)  # type: ignore[attr-defined]
+                database = self.database  # type: ignore[attr-defined]
+                cache = self.cache  # type: ignore[attr-defined]
+                self._kv_listener = Listener(lambda: psycopg2.connect(dbname=database, **params),
+                                             cache.channel, cache.origin, cache.evict_local)
+                weakref.finalize(self, self._kv_listener.request_stop)  # its connection too
+            self._kv_listener.start()
+            return self._kv_listener
+
+    def stop_listener(self) -> None:
+        if self._kv_listener is not None:
+            self._kv_listener.stop()

@@ -3,6 +3,15 @@
 Options live in the query's ``__dict__`` (``_kvcache``), which ``Node.clone`` copies, so every
 chained call keeps them. ``count()`` and ``exists()`` wrap the query in a new ``Select``;
 :func:`find_options` looks through such wrappers so those helpers inherit the options too.
+
+Importing the package runs :func:`install`, which adds the method to ``peewee.SelectBase``;
+:func:`uninstall` puts back exactly what was there before (normally nothing).
+
+How a type checker sees it: Peewee 4 ships stubs in which ``SelectBase`` has no ``with_cache``,
+so ``query.with_cache(...)`` is an unknown attribute to mypy or pyright (and ``Any`` with
+Peewee 3, which has no stubs). The same function called as ``with_cache(query, ...)`` (importable
+from ``peewee_kvcache``) is fully typed and returns the query's own type (``ModelSelect[User]``
+for ``User.select()``).
 """
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Tuple, Union
+from typing import Any, Iterable, List, Optional, Tuple, TypeVar, Union
 
 import peewee
 
@@ -30,7 +39,10 @@ class CacheOptions:
     auto_invalidate: bool = True
 
 
+S = TypeVar("S", bound=peewee.SelectBase)
+
 DISABLED = CacheOptions(enabled=False)
+_DEFAULT = CacheOptions()
 
 
 @functools.lru_cache(maxsize=1024, typed=True)
@@ -57,13 +69,14 @@ def _make_options(enabled: bool, ex: Optional[int], px: Optional[int], exat: Opt
     return CacheOptions(True, config, tuple(tag_list(tag)), auto_invalidate)
 
 
-def with_cache(self: peewee.SelectBase, enabled: bool = True, *, ex: Optional[int] = None,
+def with_cache(self: S, enabled: bool = True, *, ex: Optional[int] = None,
                px: Optional[int] = None, exat: Optional[int] = None, pxat: Optional[int] = None,
                keep_ttl: bool = False, tag: Union[str, Iterable[str], None] = None,
-               auto_invalidate: bool = True, config: Optional[CacheConfig] = None
-               ) -> peewee.SelectBase:
+               auto_invalidate: bool = True, config: Optional[CacheConfig] = None) -> S:
     """A copy of this query whose result is cached (``ex``/``px``/``exat``/``pxat``/``keep_ttl``,
-    ``tag``, ``auto_invalidate``); ``with_cache(False)`` never caches it.
+    ``tag``, ``auto_invalidate``); ``with_cache(False)`` never caches it. A method of every select
+    once installed, and a typed function: ``with_cache(query, ex=30)`` (see the module's
+    docstring).
 
     Bad values raise here, naming the value. Validation is memoised for the common calls:
     queries are rebuilt on every request, and validating the same ``with_cache(ex=30)`` each time
@@ -84,7 +97,7 @@ def with_cache(self: peewee.SelectBase, enabled: bool = True, *, ex: Optional[in
     if options.enabled:
         _warn_if_uncached(self._database)
     clone = self.clone()  # Peewee's chaining: every call returns a new query
-    clone._kvcache = options
+    clone._kvcache = options  # type: ignore[attr-defined]
     return clone
 
 
@@ -137,6 +150,41 @@ def find_options(query: Any, depth: int = 0) -> Optional[CacheOptions]:
     return None
 
 
+def options_for(query: Any, strategy: str) -> Optional[CacheOptions]:
+    """The options ``query`` is cached with, or None when it isn't a select to cache (no
+    ``with_cache()`` under strategy "explicit", or ``with_cache(False)``)."""
+    if not isinstance(query, peewee.SelectBase):
+        return None
+    options = find_options(query)
+    if options is None and strategy == "all":
+        options = _DEFAULT
+    return options if options is not None and options.enabled else None
+
+
+_ABSENT = object()
+#: what :func:`install` replaced on ``SelectBase`` (``_ABSENT``: nothing), while installed. Kept
+#: here rather than on the method's ``__wrapped__`` (django-cachalot's way): there is normally no
+#: original, and a ``__wrapped__`` would make ``inspect.signature`` describe that original.
+_replaced: List[Any] = []
+
+
 def install() -> None:
-    """Make ``with_cache`` available on every select as soon as the package is imported."""
-    peewee.SelectBase.with_cache = with_cache
+    """Make ``with_cache`` a method of every select (the package's import does it); installing
+    twice changes nothing."""
+    current = vars(peewee.SelectBase).get("with_cache", _ABSENT)
+    if current is with_cache:
+        return
+    _replaced[:] = [current]
+    peewee.SelectBase.with_cache = with_cache  # type: ignore[attr-defined]
+
+
+def uninstall() -> None:
+    """Remove the method, restoring exactly what :func:`install` replaced; nothing happens when
+    it isn't installed (or was replaced by someone else since, whose attribute stays)."""
+    if vars(peewee.SelectBase).get("with_cache", _ABSENT) is not with_cache:
+        return
+    previous = _replaced.pop()
+    if previous is _ABSENT:
+        del peewee.SelectBase.with_cache  # type: ignore[attr-defined]
+    else:
+        peewee.SelectBase.with_cache = previous  # type: ignore[attr-defined]

@@ -1,0 +1,108 @@
+"""The Peewee layer overrides hooks that call ``super()``: Peewee's own ``execute`` (and whatever a
+user's database class adds to it) runs for cached selects too, with every argument it was given;
+``with_cache`` is installed reversibly."""
+from __future__ import annotations
+
+from typing import Any, List
+
+import peewee
+import pytest
+
+from peewee_kvcache import CachedDatabase, with_cache
+from peewee_kvcache.orm import query as query_module
+
+from .models import User
+
+
+class Recording(peewee.SqliteDatabase):
+    """A user's database class with an ``execute`` of its own (an extra argument, a record)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.seen: List[Any] = []
+
+    def execute(self, query: Any, label: str = "", **context_options: Any) -> Any:
+        self.seen.append((type(query).__name__, label))
+        return super().execute(query, **context_options)
+
+
+class RecordingCached(CachedDatabase, Recording):
+    pass
+
+
+@pytest.fixture
+def recording(cache, tmp_path):
+    db = RecordingCached(str(tmp_path / "app.db"), cache=cache)
+    db.bind([User], bind_refs=False, bind_backrefs=False)
+    db.create_tables([User])
+    User.create(name="ann")
+    db.seen.clear()
+    yield db
+    db.close()
+
+
+def test_peewee_execute_runs_for_cached_selects_with_its_arguments(recording, cache):
+    """CachedDatabase.execute copied Peewee's body: a class below it never saw a cached select,
+    and positional arguments were dropped."""
+    query = User.select().with_cache(ex=60)
+    for _ in range(2):
+        cursor = recording.execute(query, "mine")
+        assert [row[1] for row in cursor.fetchall()] == ["ann"]
+    assert recording.seen == [("ModelSelect", "mine")] * 2
+    stats = cache.get_stats()
+    assert (stats.stores, stats.hits) == (1, 1)
+
+
+def test_the_cached_path_ends_with_its_execute(recording, cache):
+    """Only the select ``execute()`` runs is read through the cache: the same SQL sent raw
+    afterwards goes to the database, as raw SQL always does."""
+    query = User.select().with_cache(ex=60)
+    assert len(list(query)) == 1
+    sql, params = query.sql()
+    for _ in range(2):
+        assert len(recording.execute_sql(sql, params).fetchall()) == 1
+    stats = cache.get_stats()
+    assert (stats.stores, stats.hits, stats.misses) == (1, 0, 1)
+
+
+def test_a_failed_execute_leaves_no_select_to_cache(recording, cache, monkeypatch):
+    """Peewee failing while it builds the SQL never reaches execute_sql: the next raw select is
+    not taken for the cached one."""
+    def broken_context(**options: Any) -> Any:
+        raise RuntimeError("no context")
+
+    monkeypatch.setattr(recording, "get_sql_context", broken_context)
+    with pytest.raises(RuntimeError):
+        recording.execute(User.select().with_cache(ex=60))
+    monkeypatch.undo()
+    recording.execute_sql('SELECT "t1"."id", "t1"."name", "t1"."score" FROM "user" AS "t1"')
+    stats = cache.get_stats()
+    assert (stats.stores, stats.misses) == (0, 0)
+
+
+def test_with_cache_uninstalls_to_exactly_what_was_there_and_installs_again(recording, cache):
+    """install() had no way back: the attribute it set (or replaced) could not be restored."""
+    def theirs(self: Any) -> str:
+        return "theirs"
+
+    assert vars(peewee.SelectBase)["with_cache"] is with_cache
+    try:
+        query_module.uninstall()
+        assert "with_cache" not in vars(peewee.SelectBase)
+        assert not hasattr(User.select(), "with_cache")
+        query_module.uninstall()  # nothing left to undo
+        assert "with_cache" not in vars(peewee.SelectBase)
+        peewee.SelectBase.with_cache = theirs  # another library's method: replaced, then restored
+        query_module.install()
+        query_module.install()  # twice: still one record of what it replaced
+        assert vars(peewee.SelectBase)["with_cache"] is with_cache
+        query_module.uninstall()
+        assert vars(peewee.SelectBase)["with_cache"] is theirs
+    finally:
+        if vars(peewee.SelectBase).get("with_cache") is theirs:
+            del peewee.SelectBase.with_cache
+        query_module.install()
+    for _ in range(2):
+        assert [user.name for user in User.select().with_cache(ex=60)] == ["ann"]
+    stats = cache.get_stats()
+    assert (stats.stores, stats.hits) == (1, 1)
