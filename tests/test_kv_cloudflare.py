@@ -20,7 +20,7 @@ from peewee_kvcache.kv import base, cloudflare, codes, limits, transport
 from peewee_kvcache.kv.base import KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from peewee_kvcache.kv.cloudflare import BudgetExhausted, CloudflareKVNamespace, RequestBudget
 from peewee_kvcache.kv.local import LocalKVNamespace
-from peewee_kvcache.testing.kv_server import Fault, KVServer
+from peewee_kvcache.testing import Fault, KVServer
 
 TOKEN = "tok-3x4mpl3-S3CR3T-value"
 ODD_KEYS = ["a/b", "q?x=1&y", "100%", "%2F", "#frag", "with space", "café é", "smile 🙂",

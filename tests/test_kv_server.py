@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from peewee_kvcache.kv import codes, limits
-from peewee_kvcache.testing.kv_server import ENDPOINTS, Fault, KVServer
+from peewee_kvcache.testing import ENDPOINTS, Fault, KVServer
 
 TOKEN = "test-token-7Qx9"
 REPO = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_authentication_errors(api, header, status):
 
 
 def test_token_is_never_logged(api, caplog):
-    caplog.set_level(logging.DEBUG, logger="peewee_kvcache.testing.kv_server")
+    caplog.set_level(logging.DEBUG, logger="peewee_kvcache.testing")
     api.put("k")
     api.get("k", headers={"Authorization": "Bearer wrong-token"})
     assert "GET" in caplog.text
@@ -562,3 +562,51 @@ def test_serve_kv_subprocess_until_sigterm(tmp_path):
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+# --- the public home: peewee_kvcache.testing and its pytest plugin ----------------------------
+
+PLUGIN_USER_TESTS = '''
+from peewee_kvcache import CloudflareKVNamespace
+from peewee_kvcache.kv.base import KVError
+from peewee_kvcache.testing import Fault, KVServer
+
+seen = []
+
+
+def test_a_started_server(kv_server):
+    assert isinstance(kv_server, KVServer) and not kv_server.stopping
+    kv = CloudflareKVNamespace(kv_server.account_id, kv_server.namespace_id, kv_server.api_token,
+                               base_url=kv_server.base_url, budget=None)
+    kv.put("k", b"v")
+    kv_server.inject(Fault("status", endpoint="get", status=503, times=1))
+    try:
+        kv.get("k")
+    except KVError as exc:
+        assert exc.status == 503
+    else:
+        raise AssertionError("the fault was not injected")
+    assert kv.get("k") == b"v"
+    kv.close()
+    seen.append(kv_server)
+
+
+def test_each_test_gets_its_own_empty_server(kv_server):
+    assert seen and seen[0].stopping and kv_server is not seen[0]
+    assert kv_server.namespace.get("k") is None
+    assert sum(kv_server.counts().values()) == 0
+'''
+
+
+def test_pytest_plugin_gives_users_a_kv_server_fixture(tmp_path):
+    """What the README tells users to do: enable the plugin in a conftest, use ``kv_server``."""
+    (tmp_path / "conftest.py").write_text(
+        'pytest_plugins = ["peewee_kvcache.testing.pytest_plugin"]\n')
+    (tmp_path / "test_app.py").write_text(PLUGIN_USER_TESTS)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "test_app.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

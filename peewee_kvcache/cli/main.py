@@ -68,7 +68,7 @@ def _rate_limit(text: str) -> Tuple[int, float]:
 
 def serve_kv(args: argparse.Namespace) -> int:
     """Serve the Cloudflare-compatible KV API until SIGINT or SIGTERM."""
-    from ..testing.kv_server import KVServer
+    from ..testing import KVServer
 
     try:
         server = KVServer(args.data, host=args.host, port=args.port, api_token=args.token,

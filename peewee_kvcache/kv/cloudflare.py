@@ -200,7 +200,7 @@ class CloudflareKVNamespace(KVNamespace):
         found: Dict[str, Optional[bytes]] = {}
         for batch in batches:
             response = self._rest.send("POST", "/bulk/get", json={"keys": batch, "type": "text"})
-            result = envelope(response, "bulk get").get("result")
+            result: Any = envelope(response, "bulk get").get("result")
             with parsing("bulk get"):
                 values = result["values"]
                 for key in batch:

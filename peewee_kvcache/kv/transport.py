@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -94,10 +94,11 @@ def _pooled_session(authorization: str, retry: Retry) -> requests.Session:
 def _new_session(api_token: str, retries: int, backoff_factor: float,
                  resend: bool = True) -> requests.Session:
     """``resend=False``: no retry after a request may have reached KV (read errors, 5xx)."""
+    no_resend: Dict[str, Any] = {} if resend else {"read": 0, "other": 0}
     retry = _Retry(total=retries, backoff_factor=backoff_factor,
                    status_forcelist=_RETRY_STATUSES if resend else frozenset([429]),
                    allowed_methods=None, respect_retry_after_header=True,
-                   raise_on_status=False, **({} if resend else {"read": 0, "other": 0}))
+                   raise_on_status=False, **no_resend)
     return _pooled_session(f"Bearer {api_token}", retry)
 
 
@@ -183,7 +184,8 @@ class RestTransport:
         connections."""
         inherited = (self._session, self._read_session, self._write_session)
         self._session, self._read_session, self._write_session = (
-            _pooled_session(old.headers["Authorization"], old.get_adapter("https://").max_retries)
+            _pooled_session(old.headers["Authorization"],
+                            cast(HTTPAdapter, old.get_adapter("https://")).max_retries)
             for old in inherited)
         for old in inherited:
             old.close()
