@@ -3,14 +3,18 @@ user's database class adds to it) runs for cached selects too, with every argume
 ``with_cache`` is installed reversibly."""
 from __future__ import annotations
 
+import logging
 from typing import Any, List
 
 import peewee
 import pytest
 
-from peewee_kvcache import CachedDatabase, with_cache
+from peewee_kvcache import CachedDatabase, CachedPostgresqlDatabase, with_cache
 from peewee_kvcache.orm import query as query_module
+from peewee_kvcache.sql import analysis
+from peewee_kvcache.sql.analysis import analyze_sql
 
+from .conftest import PG
 from .models import User
 
 
@@ -106,3 +110,46 @@ def test_with_cache_uninstalls_to_exactly_what_was_there_and_installs_again(reco
         assert [user.name for user in User.select().with_cache(ex=60)] == ["ann"]
     stats = cache.get_stats()
     assert (stats.stores, stats.hits) == (1, 1)
+
+
+def test_a_query_survives_a_fault_in_the_sql_analysis(recording, cache, monkeypatch, caplog):
+    """The analysis failing unexpectedly degrades to the database (nothing cached, everything
+    invalidated as for an unknown write) and is logged, instead of failing the query."""
+    def broken(statement: Any) -> Any:
+        raise KeyError("no such node")
+
+    analyze_sql.cache_clear()
+    monkeypatch.setattr(analysis, "classify", broken)
+    try:
+        with caplog.at_level(logging.WARNING, logger="peewee_kvcache"):
+            assert [user.name for user in User.select().with_cache(ex=60)] == ["ann"]
+    finally:
+        monkeypatch.undo()
+        analyze_sql.cache_clear()
+    assert cache.get_stats().stores == 0
+    assert any(record.levelno == logging.WARNING and "KeyError: 'no such node'" in
+               record.getMessage() for record in caplog.records)
+
+
+class FailingNotify(CachedPostgresqlDatabase):
+    def _run(self, sql: str, params: Any, *args: Any, **kwargs: Any) -> Any:
+        if sql.startswith("SELECT pg_notify"):
+            raise peewee.OperationalError("notify refused")
+        return super()._run(sql, params, *args, **kwargs)
+
+
+def test_a_failed_notify_is_logged_with_its_type_and_message(make_cache, pg_schema, caplog):
+    """A NOTIFY that failed was logged without saying why (the reason only at DEBUG)."""
+    db = FailingNotify("test", cache=make_cache(), options=f"-c search_path={pg_schema}", **PG)
+    db.bind([User], bind_refs=False, bind_backrefs=False)
+    db.create_tables([User])
+    try:
+        with caplog.at_level(logging.WARNING, logger="peewee_kvcache"):
+            User.create(name="bob")  # an autocommit write: invalidated, then announced
+        assert User.select().count() == 1
+    finally:
+        db.drop_tables([User])
+        db.close()
+        db.stop_listener()
+    assert any(record.levelno == logging.WARNING and "NOTIFY failed (OperationalError: notify "
+               "refused)" in record.getMessage() for record in caplog.records)

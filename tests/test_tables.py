@@ -1,4 +1,4 @@
-"""Tests for peewee_kvcache.sql.analysis: SQL as Peewee really generates it, raw SQL, FK cascades."""
+"""Tests for peewee_kvcache.sql: SQL as Peewee really generates it, raw SQL, FK cascades."""
 import gc
 from typing import Any, Callable, Dict, FrozenSet, Iterable, NamedTuple, Optional, Tuple
 
@@ -6,8 +6,11 @@ import peewee
 import pytest
 from peewee import SQL, CharField, ForeignKeyField, IntegerField, Model, Select, fn
 
-from peewee_kvcache.sql import analysis as tables
-from peewee_kvcache.sql.analysis import SqlInfo, analyze_sql, cascade_closure, table_names_in
+from peewee_kvcache.sql.analysis import analyze_sql
+from peewee_kvcache.sql.cascades import cascade_closure
+from peewee_kvcache.sql.info import OPAQUE, SqlInfo
+from peewee_kvcache.sql.lexer import DIALECTS as SQLGLOT_DIALECTS
+from peewee_kvcache.sql.tables import table_names_in
 
 DATABASES: Dict[str, peewee.Database] = {
     "postgres": peewee.PostgresqlDatabase("x"),
@@ -427,7 +430,7 @@ class _Forbidden:
 @pytest.mark.parametrize("sql", TRANSACTION)
 def test_transaction_statements_skip_sqlglot(dialect: str, sql: str, monkeypatch) -> None:
     analyze_sql.cache_clear()
-    monkeypatch.setitem(tables._DIALECTS, dialect, _Forbidden())
+    monkeypatch.setitem(SQLGLOT_DIALECTS, dialect, _Forbidden())
     check(analyze_sql(sql, dialect), Expect("transaction"))
     analyze_sql.cache_clear()
 
@@ -481,18 +484,18 @@ def test_start_without_transaction_is_not_a_begin(dialect: str, sql: str) -> Non
     ("postgres", "SET SESSION AUTHORIZATION u", "set:session authorization"),
     ("postgres", "SET TIME ZONE 'UTC'", "set:timezone"),
     ("postgres", "SET timezone = %s", "set:timezone"),
-    ("postgres", "SET LOCAL search_path TO x", tables.OPAQUE),
+    ("postgres", "SET LOCAL search_path TO x", OPAQUE),
     ("postgres", "RESET ALL", "reset all"), ("postgres", "DISCARD ALL", "discard all"),
     ("postgres", "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", ""),
     ("postgres", "SET CONSTRAINTS ALL DEFERRED", ""),
-    ("postgres", "CREATE TEMP TABLE t (a int)", tables.OPAQUE),
-    ("postgres", "SELECT set_config('search_path', 'x', false)", tables.OPAQUE),
+    ("postgres", "CREATE TEMP TABLE t (a int)", OPAQUE),
+    ("postgres", "SELECT set_config('search_path', 'x', false)", OPAQUE),
     ("mysql", "USE shop", "use"), ("mysql", "SET NAMES utf8mb4", "set:names"),
     ("mysql", "SET @@session.sql_mode = 'x', time_zone = '+00:00'", "set:sql_mode,time_zone"),
-    ("mysql", "SET @x = 1", "set:@x"), ("mysql", "SET @x = @x + 1", tables.OPAQUE),
-    ("mysql", "SET @@global.x = 1", tables.OPAQUE), ("mysql", "SET x = (SELECT 1)", tables.OPAQUE),
+    ("mysql", "SET @x = 1", "set:@x"), ("mysql", "SET @x = @x + 1", OPAQUE),
+    ("mysql", "SET @@global.x = 1", OPAQUE), ("mysql", "SET x = (SELECT 1)", OPAQUE),
     ("mysql", "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED", ""),
-    ("mysql", "CREATE TEMPORARY TABLE t (a int)", tables.OPAQUE),
+    ("mysql", "CREATE TEMPORARY TABLE t (a int)", OPAQUE),
     ("sqlite", "PRAGMA case_sensitive_like = 1", "pragma:case_sensitive_like"),
     ("sqlite", "PRAGMA foreign_keys = ON", ""), ("sqlite", 'PRAGMA "main".table_info("book")', ""),
     ("sqlite", "PRAGMA busy_timeout", ""),
@@ -643,3 +646,9 @@ def test_cascade_closure_sees_models_defined_and_collected_at_runtime() -> None:
 def test_cascade_closure_returns_frozenset_of_lowercase_names() -> None:
     result: FrozenSet[str] = cascade_closure(iter(["CC_PLAIN"]))
     assert result == frozenset({"cc_plain"}) and isinstance(result, frozenset)
+
+
+def test_deeply_nested_sql_is_an_uncacheable_read() -> None:
+    """sqlglot's recursion limit is an expected parse failure, not a fault."""
+    info = analyze_sql("SELECT " + "(" * 3000 + "1" + ")" * 3000, "postgres")
+    assert (info.kind, info.cacheable, info.writes_unknown) == ("select", False, False)

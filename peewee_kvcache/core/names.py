@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import peewee
 
-from ..sql.analysis import table_key, table_names_in
+from ..sql.tables import table_key, table_names_in
 
 #: token-name prefixes: tables and tags share one token space (L1) and one key space (L2)
 TABLE = "t:"

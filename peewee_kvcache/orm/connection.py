@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set
 from ..core import forksafe
 from ..core.codec import UnsupportedValue, encode_params
 from ..core.names import write_names
-from ..sql.analysis import OPAQUE
+from ..sql.info import OPAQUE
 from .keys import Memos
 
 

@@ -109,10 +109,11 @@ class Listener:
             try:
                 self._listen()
                 backoff = 0.5
-            except Exception:
+            except Exception as exc:  # the thread's top: whatever the driver raises, retry
                 self._ready.clear()
-                log.warning("peewee_kvcache: NOTIFY listener lost its connection; retrying in "
-                            "%.1f s (L1 entries stay bounded by l1_max_age)", backoff)
+                log.warning("peewee_kvcache: NOTIFY listener lost its connection (%s: %s); "
+                            "retrying in %.1f s (L1 entries stay bounded by l1_max_age)",
+                            type(exc).__name__, exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -135,12 +136,8 @@ class Listener:
         data = parse(text)
         if data is None or data["o"] == self._origin:  # this L1 bumped its tokens already
             return
-        try:
-            with self._working:
-                self._on_names(data["n"])
-        except Exception:
-            log.warning("peewee_kvcache: L1 eviction from a notification failed",
-                        exc_info=log.isEnabledFor(logging.DEBUG))
+        with self._working:  # on_names (the cache's evict_local) logs and counts its own faults
+            self._on_names(data["n"])
 
 
 class PostgresNotifications:

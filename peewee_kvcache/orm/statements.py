@@ -15,7 +15,8 @@ from ..cache.facade import CloudflareKVCache
 from ..core.codec import CachedResult, UnsupportedValue
 from ..core.config import now_ms
 from ..core.names import stamp_names, write_names
-from ..sql.analysis import SqlInfo, cascade_closure
+from ..sql.cascades import cascade_closure
+from ..sql.info import SqlInfo
 from .connection import Session, Sessions, Transaction
 from .cursor import CachedCursor
 from .keys import result_key
