@@ -79,10 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             means = {name: per_op_us(v, args.hits) for name, v in measured.items()}
             print(f"{cell}, unprofiled mean of {args.hits:,}: " + ", ".join(
                 f"{name} {us:.1f} µs" for name, us in means.items()))
-            hits_before = backend.cache.counters.snapshot()["l1_hits"]
+            hits_before = backend.cache.counters.snapshot()["hits"]
             profile(measured[args.variant], args.hits, args.sort, args.top, args.match)
-            served = backend.cache.counters.snapshot()["l1_hits"] - hits_before
-            print(f"L1 hits counted while profiling: {served:,} of {args.hits:,}")
+            served = backend.cache.counters.snapshot()["hits"] - hits_before
+            print(f"hits counted while profiling: {served:,} of {args.hits:,}")
     return 0
 
 

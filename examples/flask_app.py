@@ -136,7 +136,8 @@ def walkthrough(app: Flask) -> None:
         stats = client.get("/cache-stats").get_json()
         print(f"{method} {path} -> {response.status_code} "
               f"{json.dumps(response.get_json(), ensure_ascii=False)[:70]}")
-        print(f"    cache: hits {stats['hits']} (L1 {stats['l1_hits']}, L2 {stats['l2_hits']}), "
+        print(f"    cache: hits {stats['hits']} (memory {stats['memory_hits']}, L1 "
+              f"{stats['l1_hits']}, L2 {stats['l2_hits']}), "
               f"misses {stats['misses']}, invalidations {stats['invalidations']}")
         return response.get_json()
 

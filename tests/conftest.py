@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Callable, Iterator, List, Type
+from typing import Any, Callable, Iterator, List, Type
 
 import freezegun
 import freezegun.config
@@ -38,6 +38,13 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: floa
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def local_hits(stats: Any) -> int:
+    """Hits served on this host (process memory or the L1 directory), from a ``CacheStats`` or a
+    counters snapshot."""
+    values = stats if isinstance(stats, dict) else stats.as_dict()
+    return values["memory_hits"] + values["l1_hits"]
 
 
 def service_missing(name: str, exc: Exception) -> None:

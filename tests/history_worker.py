@@ -194,9 +194,10 @@ class Worker:
         rows, sums = fn_(self.rng)
         t1 = time.time()
         after = self.cache.counters.snapshot()
-        delta = {k: after[k] - before[k] for k in ("hits", "l1_hits", "l2_hits", "l1_rechecks")}
-        if delta["hits"]:
-            src = "l1" if delta["l1_hits"] else "l2"
+        delta = {k: after[k] - before[k]
+                 for k in ("hits", "memory_hits", "l1_hits", "l2_hits", "l1_rechecks")}
+        if delta["hits"]:  # "l1": this host answered (its process memory or its L1 directory)
+            src = "l1" if delta["memory_hits"] or delta["l1_hits"] else "l2"
         else:
             src = "db"
         if len(rows) != EXPECTED_ROWS[fn_] or bool(sums) != (fn_ in (read_group, read_total)):

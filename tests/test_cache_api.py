@@ -216,7 +216,8 @@ def test_stats_count_keys_and_lookups(data):
     cache = data.cache
     base = cache.get_stats()
     assert (base.total_keys, base.table_keys, base.tag_keys) == (0, 0, 0)
-    assert (base.hits, base.misses, base.l1_hits, base.l2_hits, base.stores) == (0, 0, 0, 0, 0)
+    assert (base.hits, base.misses, base.memory_hits, base.l1_hits, base.l2_hits,
+            base.stores) == (0, 0, 0, 0, 0, 0)
 
     join = Post.select(Post, User).join(User).with_cache()          # reads post and user
     tagged = User.select().with_cache(tag="feed")                   # reads user, tag feed
@@ -232,13 +233,15 @@ def test_stats_count_keys_and_lookups(data):
 
     list(join.clone())
     stats = cache.get_stats()
-    assert (stats.hits, stats.misses, stats.l1_hits, stats.l2_hits) == (1, 2, 1, 0)
+    assert (stats.hits, stats.misses, stats.memory_hits, stats.l1_hits, stats.l2_hits) == \
+        (1, 2, 1, 0, 0)                                             # from process memory
 
     cache.clear_local()
     list(join.clone())                                              # from L2, backfilled
-    list(join.clone())                                              # from L1 again
+    list(join.clone())                                              # from memory again
     stats = cache.get_stats()
-    assert (stats.hits, stats.misses, stats.l1_hits, stats.l2_hits) == (3, 2, 2, 1)
+    assert (stats.hits, stats.misses, stats.memory_hits, stats.l1_hits, stats.l2_hits) == \
+        (3, 2, 2, 0, 1)
     assert stats.hit_rate == pytest.approx(3 / 5)
     assert stats.total_keys == 2                                    # hits write nothing
 
@@ -597,7 +600,7 @@ def test_default_cache_lives_in_the_per_user_cache_dir(tmp_path, monkeypatch):
         User.create(name="alice")
         assert cached_names() == ["alice"]
         assert cached_names() == ["alice"]
-        assert cache.get_stats().l1_hits == 1
+        assert cache.get_stats().memory_hits == 1
         User.create(name="bob")
         assert cached_names() == ["alice", "bob"]
         assert cache.drain(10)
@@ -623,10 +626,10 @@ def test_pooled_postgresql_end_to_end(make_cache, pg_schema):
 
         assert state() == [("alice", 1)]
         assert state() == [("alice", 1)]
-        assert cache.get_stats().l1_hits == 1
+        assert cache.get_stats().memory_hits == 1
         db.close()                                                  # back to the pool
         assert state() == [("alice", 1)]
-        assert cache.get_stats().l1_hits == 2
+        assert cache.get_stats().memory_hits == 2
         User.create(name="bob")
         assert state() == [("alice", 1), ("bob", 0)]
         with db.atomic():
@@ -662,7 +665,7 @@ def test_read_your_writes_across_processes_sharing_one_l1(make_cache, tmp_path):
     try:
         assert cached_names() == ["alice"]
         assert cached_names() == ["alice"]
-        assert cache.get_stats().l1_hits == 1                       # A serves it from its cache
+        assert cache.get_stats().memory_hits == 1                   # A serves it from its cache
         assert cache.drain(10)
         ctx = multiprocessing.get_context("spawn")
         writer = ctx.Process(target=_write_in_another_process,

@@ -357,7 +357,7 @@ def test_randomized_history_across_hosts(notify, pg_schema, server, tmp_path):
 
     stats = [hist["stats"] for hist in histories]
     total = {k: sum(s[k] for s in stats) for k in (
-        "hits", "misses", "l1_hits", "l2_hits", "l1_rechecks", "remote_evictions",
+        "hits", "misses", "memory_hits", "l1_hits", "l2_hits", "l1_rechecks", "remote_evictions",
         "l2_stale_rejected", "l2_puts_dropped_late", "stores_refused", "l2_skipped_pending",
         "l2_errors", "l1_errors", "invalidations", "bypassed_in_transaction")}
     sources = defaultdict(int)

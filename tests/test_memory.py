@@ -35,7 +35,25 @@ def test_a_memory_hit_does_not_touch_diskcache(db, monkeypatch):
 
     monkeypatch.setattr(db.cache.l1.entries, "get", broken)
     assert titles() == ["a"]
-    assert db.cache.get_stats().l1_hits == 1
+    stats = db.cache.get_stats()
+    assert (stats.memory_hits, stats.l1_hits) == (1, 0)
+
+
+def test_each_hit_is_counted_by_the_level_that_served_it(db, make_cache):
+    """Process memory, the L1 directory (another process on this host: same directory, its
+    own memory) and L2 (another host): ``hits`` is their sum."""
+    assert titles() == ["a"]                                     # a miss, stored
+    assert titles() == ["a"]                                     # memory
+    assert db.cache.drain(10)
+    for cache, level in ((db.cache, "memory_hits"), (make_cache(), "l1_hits"),
+                         (make_cache("elsewhere"), "l2_hits")):
+        with db.bind_ctx([Doc]):
+            db.cache, before = cache, cache.get_stats()
+            assert titles() == ["a"]
+            after = cache.get_stats()
+        moved = {name: getattr(after, name) - getattr(before, name)
+                 for name in ("hits", "memory_hits", "l1_hits", "l2_hits")}
+        assert moved == {"hits": 1, "memory_hits": 0, "l1_hits": 0, "l2_hits": 0, level: 1}
 
 
 def test_memory_entries_die_with_their_tokens(db):

@@ -243,7 +243,7 @@ class CloudflareKVCache:
             if memo is not None:
                 if self._usable(memo.names, memo.tokens, memo.expires_at_ms, memo.checked_at_ms,
                                 now):
-                    self.counters.incr("l1_hits")
+                    self.counters.incr("memory_hits")
                     return memo.result, False
                 self.memory.discard(digest)
             entry = self.l1.get(digest)

@@ -50,8 +50,9 @@ def step_view(step: Step, number: int, count: int) -> Any:
     """One demo step: each read with what L1 and L2 answered, and the counters it moved."""
     c = step.counters
     title = f"[bold]Step {number}/{count} · {step.title}[/bold]"
-    moved = (f"hits {_signed(c['hits'])} (L1 {_signed(c['l1_hits'])}, L2 "
-             f"{_signed(c['l2_hits'])}) · misses {_signed(c['misses'])} · stores "
+    moved = (f"hits {_signed(c['hits'])} (memory {_signed(c['memory_hits'])}, L1 "
+             f"{_signed(c['l1_hits'])}, L2 {_signed(c['l2_hits'])}) · misses "
+             f"{_signed(c['misses'])} · stores "
              f"{_signed(c['stores'])} · invalidations {_signed(c['invalidations'])}")
     if not step.runs:
         return f"{title}\n  {step.note}\n  [dim]{moved}[/dim]"
@@ -76,8 +77,8 @@ def demo_summary(report: DemoReport) -> Sequence[Any]:
         timing.add_row(query, f"{ms['database']:.3f}", f"{ms['l1']:.3f}", f"{ms['l2']:.3f}",
                        f"{ms['database'] / ms['l1']:.1f}x" if ms["l1"] else "-")
     stats = report.final_stats
-    shown = ("hits", "misses", "hit_rate", "l1_hits", "l2_hits", "stores", "invalidations",
-             "bypassed_in_transaction", "total_keys", "table_keys", "l1_entries")
+    shown = ("hits", "misses", "hit_rate", "memory_hits", "l1_hits", "l2_hits", "stores",
+             "invalidations", "bypassed_in_transaction", "total_keys", "table_keys", "l1_entries")
     final = key_value_table("Final db.cache.get_stats()",
                             {name: stats[name] for name in shown})
     return [timing, final]

@@ -63,7 +63,7 @@ QUERIES: Dict[str, Callable[[], peewee.Query]] = {
                           .order_by(peewee.SQL("stars").desc(), Author.name).limit(5)),
 }
 #: the counters each step reports as deltas
-SHOWN = ("hits", "misses", "l1_hits", "l2_hits", "stores", "invalidations",
+SHOWN = ("hits", "misses", "memory_hits", "l1_hits", "l2_hits", "stores", "invalidations",
          "bypassed_in_transaction", "l1_rechecks")
 STEP_COUNT = 8
 
@@ -104,6 +104,8 @@ class DemoReport:
 
 def _levels(delta: Dict[str, int]) -> Tuple[str, str, str]:
     """(L1, L2, served by) of one read, from the counter deltas it caused."""
+    if delta["memory_hits"]:  # this process's memory answered: L1 was not asked
+        return "-", "-", "memory"
     if delta["l1_hits"]:
         return "hit", "-", "L1"
     if delta["l1_rechecks"]:  # an L1 entry older than l1_max_age, confirmed in L2
@@ -229,9 +231,10 @@ class Demo:
         self.seed()
         self.step("Set up", "3 tables, 36 authors, 360 books, 10,800 reviews; counters reset",
                   lambda: [])
-        self.step("First reads", "nothing cached yet: both levels miss, the database answers "
+        self.step("First reads", "nothing cached yet: every level misses, the database answers "
                   "and the results are stored in L1 and L2", lambda: [self.read(q) for q in both])
-        self.step("Same reads again", "served by L1 on this host: no database round trip",
+        self.step("Same reads again", "served on this host (process memory, else L1): no "
+                  "database round trip",
                   lambda: [self.read(q) for q in both])
         self.step("Write: a new review", "INSERT INTO pkv_demo_review invalidates every cached "
                   "result that read pkv_demo_review (L1 tokens bumped, L2 keys swept)", self.write)
@@ -242,8 +245,9 @@ class Demo:
         self.step("Transaction rolled back", "inside: all reviews deleted, the join goes to the "
                   "database (0 rows), the authors query still hits; after ROLLBACK nothing was "
                   "invalidated and the cache serves the original rows", self.rolled_back)
-        self.step("L1 emptied (a new host, a restart)", "L2 serves what L1 lost and refills "
-                  "L1: the next read is an L1 hit again", self.l1_emptied)
+        self.step("L1 emptied (a new host, a restart)", "L2 serves what this host lost and "
+                  "refills L1 and memory: the next read is served on this host again",
+                  self.l1_emptied)
         self.step("Timing", f"median of {self.rounds} reads each: database only "
                   "(with_cache(False)), L1 hit, L2 hit (L1 emptied before each)", self.time_reads)
         totals = {name: sum(step.counters[name] for step in self.steps) for name in SHOWN}
