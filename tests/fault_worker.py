@@ -78,7 +78,7 @@ def _write(args: Dict[str, Any]) -> None:
         def hang(job: Any) -> None:  # the COMMIT went through; the process "dies" here
             print("committed", flush=True)
             time.sleep(3600)
-        cache.complete_invalidation = hang  # type: ignore[method-assign]
+        cache._invalidations._complete = hang  # type: ignore[method-assign]
     Item.update(name=args["new"]).execute()
     print("committed", flush=True)
     time.sleep(3600)

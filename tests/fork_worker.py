@@ -118,8 +118,9 @@ def sockets_to(port: int) -> Set[str]:
 def held_locks(cache: CloudflareKVCache, db: peewee.Database) -> List[Any]:
     """Every lock a request thread or the writer may hold at the moment of a fork."""
     namespace = cache.namespace
-    locks = [cache.writer._cond, cache.memory._lock, cache.breaker._lock, cache.counters._lock,
-             cache.read_breaker._lock, cache.sweeper._lock,
+    locks = [cache._writer._cond, cache._memory._lock, cache._l2._breaker._lock,
+             cache.counters._lock, cache._l2._read_breaker._lock, cache._sweeper._lock,
+             cache._invalidations._listeners_lock,
              getattr(namespace, "_lock", None), getattr(namespace.budget, "_lock", None)
              if hasattr(namespace, "budget") and namespace.budget else None,
              getattr(db, "_kv_listener_lock", None)]
@@ -177,7 +178,7 @@ def main(config: Dict[str, Any]) -> Dict[str, Any]:
         list(Other.select().where(Other.name == "y").with_cache(ex=60))  # queued behind it
         Other.create(name="z")  # a sweep queued too
         assert list(child_rows()) == []  # cached here; the child's write must reach it
-    report: Dict[str, Any] = {"parent_pending_at_fork": cache.writer.pending(),
+    report: Dict[str, Any] = {"parent_pending_at_fork": cache._writer.pending(),
                               "l2_entries_before_fork": len(cache.l2_entry_keys())}
     locked, release_locks = threading.Event(), threading.Event()
 

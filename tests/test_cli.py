@@ -418,3 +418,12 @@ def test_kv_unreachable_is_one_line_and_exit_1(env, command):
     assert line.startswith(f"peewee-kvcache {' '.join(command[:1 + (command[0] == 'index')])}:")
     assert TOKEN not in line
 
+
+def test_a_cache_fault_in_a_command_names_its_exception_and_no_query(env):
+    """-v shows the fault with the exception's type and message; a command runs no query, so
+    nothing says it is "serving from the database"."""
+    cf = {**CF_ENV, **env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{free_port()}/client/v4"}
+    result = run_cli("invalidate", "--table", "author", "--kv", "cloudflare", "-v", env=cf)
+    assert result.returncode == 1, result.stderr
+    assert "L2 invalidation listing failed (KVError: GET /keys failed" in result.stderr
+    assert "database" not in result.stderr.lower()

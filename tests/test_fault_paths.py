@@ -7,6 +7,7 @@ KV clients use short timeouts (0.5 s, one retry; see tests.fault_worker.FAST).""
 from __future__ import annotations
 
 import inspect
+import logging
 import sqlite3
 import threading
 import time
@@ -16,9 +17,9 @@ from typing import Dict
 import msgpack
 import pytest
 
-from peewee_kvcache import CachedPostgresqlDatabase, CloudflareKVCache
+from peewee_kvcache import CachedPostgresqlDatabase, CachedResult, CloudflareKVCache
 from peewee_kvcache.testing.kv_server import Fault
-from peewee_kvcache.levels.l1 import L1Store, L1Unavailable
+from peewee_kvcache.levels.l1 import L1Store, L1Unavailable, UnavailableStore, stand_in
 from peewee_kvcache.invalidation.outbox import MAX_BACKOFF_MS
 from peewee_kvcache.invalidation.sweeper import Sweeper
 from tests.conftest import PG, wait_for
@@ -172,6 +173,22 @@ def test_an_unusable_l1_behaves_like_a_store_that_raises(server, kv_cache, tmp_p
     cache.close()
 
 
+def test_the_unusable_l1_stand_in_is_made_from_the_store_it_replaces():
+    """Every public operation of the store raises on the stand-in, including one added later,
+    without being written out again."""
+    class GrownStore(L1Store):
+        def new_operation(self) -> int:
+            return 1
+
+    stand = stand_in(GrownStore, data=("directory", "l1_id"))("l1-dir", OSError("no"), l1_id="i")
+    with pytest.raises(L1Unavailable, match="l1-dir"):
+        stand.new_operation()
+    public = {name for name in dir(L1Store) if not name.startswith("_")}
+    handles = set(L1Store.__annotations__) - {"directory", "l1_id"}
+    assert public <= set(dir(UnavailableStore))
+    assert vars(UnavailableStore).keys() - public - handles <= {"__module__", "__doc__"}
+
+
 @pytest.fixture
 def pg_host(request, tmp_path, pg_schema):
     """PostgreSQL 'hosts' (own L1 each, one local KV namespace); ``l1`` may be a file."""
@@ -269,6 +286,11 @@ def lock_tokens(l1_dir) -> sqlite3.Connection:
     return conn
 
 
+def complete(cache, job) -> None:
+    """What the cache does after a write: bump the tokens, queue the L2 sweep."""
+    cache._writer.submit(cache._sweeper.complete(job))
+
+
 def test_a_bump_that_fails_while_the_writer_retries_an_older_one_leaves_the_name_distrusted(
         make_cache, tmp_path):
     """Request thread: its bump of X fails (L1 locked), so this process must distrust X. Writer
@@ -277,23 +299,23 @@ def test_a_bump_that_fails_while_the_writer_retries_an_older_one_leaves_the_name
     x = ["t:x"]
     with WriterTrace((L1Store.bump, None), Sweeper.run_due) as trace:
         cache = make_cache("l1")
-        cache.writer.start()                             # the writer thread starts traced
+        cache._writer.start()                            # the writer thread starts traced
         held = lock_tokens(tmp_path / "l1")
-        cache.sweeper.complete(cache.sweeper.prepare(x))    # an older bump of X fails
-        assert cache.sweeper.distrusts(x)
-        newer = cache.sweeper.prepare(x)
+        complete(cache, cache._sweeper.prepare(x))       # an older bump of X fails
+        assert cache._sweeper.distrusts(x)
+        newer = cache._sweeper.prepare(x)
         trace.pause_armed = True
         held.execute("ROLLBACK")                          # the writer's retry can now succeed
         assert trace.paused.wait(10)                      # it did; the writer is paused after it
         held.execute("BEGIN EXCLUSIVE")                   # and L1 fails again
         before = counters(cache)["l1_errors"]
-        thread = threading.Thread(target=cache.sweeper.complete, args=(newer,))
+        thread = threading.Thread(target=complete, args=(cache, newer))
         thread.start()                                    # a newer bump of X fails meanwhile
         assert wait_for(lambda: counters(cache)["l1_errors"] > before, 10)
         thread.join(0.5)                                  # done, or waiting for the writer
         trace.resume_and_wait()                           # the writer finished its retry
         thread.join(10)
-        distrusted = cache.sweeper.distrusts(x)           # (L1 is still locked: no new retry)
+        distrusted = cache._sweeper.distrusts(x)          # (L1 is still locked: no new retry)
         held.execute("ROLLBACK")
         held.close()
     assert distrusted, "X is trusted although its latest bump failed"
@@ -315,18 +337,44 @@ def test_a_sweep_recorded_while_the_writer_clears_a_finished_one_stays_pending(m
     drop_zero = (Counter._keep_positive, line_of(Counter._keep_positive, "del self[elem]"))
     with WriterTrace(drop_zero, Counter._keep_positive) as trace:
         cache = make_cache("l1-file")
-        first = cache.sweeper.prepare(x)                  # recorded in memory
+        first = cache._sweeper.prepare(x)                 # recorded in memory
         trace.pause_armed = True
-        cache.sweeper.complete(first)                     # the writer sweeps, then drops X...
+        complete(cache, first)                            # the writer sweeps, then drops X...
         assert trace.paused.wait(10)                      # ...and is paused right there
         second = []
-        thread = threading.Thread(target=lambda: second.append(cache.sweeper.prepare(x)))
+        thread = threading.Thread(target=lambda: second.append(cache._sweeper.prepare(x)))
         thread.start()                                    # another write to X, meanwhile
         thread.join(0.5)                                  # done, or waiting for the writer
         trace.resume_and_wait()
         thread.join(10)
-        pending = cache.sweeper.pending_in_memory(x)
+        pending = cache._sweeper.pending_in_memory(x)
     assert pending, "X's second sweep is pending but this host would read X from KV"
-    cache.sweeper.complete(second[0])
+    complete(cache, second[0])
     assert cache.drain(10)
-    assert not cache.sweeper.pending_in_memory(x)        # and nothing is left behind
+    assert not cache._sweeper.pending_in_memory(x)        # and nothing is left behind
+
+
+# --- one fault path ------------------------------------------------------------------------------
+
+def test_a_fault_is_one_warning_with_its_exception_and_a_count(make_cache, monkeypatch, caplog):
+    """Logged once at WARNING with the exception's type and message, the traceback only when
+    DEBUG is on, and counted; a lookup says it is a miss (no query needs to be running)."""
+    cache = make_cache()
+    assert cache.put("q", CachedResult(("n",), [(1,)]), ["t"])
+    cache.clear_local()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(cache.l1, "get", broken)
+    for level, traceback in ((logging.WARNING, False), (logging.DEBUG, True)):
+        caplog.clear()
+        caplog.set_level(level, logger="peewee_kvcache")
+        before = counters(cache)["l1_errors"]
+        assert cache.get("q", ["t"]) is None
+        assert counters(cache)["l1_errors"] == before + 1
+        (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert record.levelno == logging.WARNING
+        assert record.getMessage() == ("peewee_kvcache: L1 read failed, counted as a miss "
+                                       "(OSError: disk on fire)")
+        assert bool(record.exc_info) is traceback

@@ -207,7 +207,7 @@ def test_circuit_breaker_opens_skips_kv_and_closes_after_the_reset_timeout(serve
     server.inject(Fault("status", status=503))
     server.reset_counts()
     for i in range(3):                                   # three consecutive failing KV reads
-        assert cache.read_breaker.state == "closed"
+        assert cache._l2._read_breaker.state == "closed"
         assert cache.get(f"probe-{i}", [Item]) is None
         assert server.counts()["get"] == i + 1
     stats = cache.get_stats()

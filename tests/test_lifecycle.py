@@ -113,7 +113,7 @@ def test_submit_after_close_starts_no_thread(make_cache, caplog):
     with caplog.at_level(logging.WARNING, logger="peewee_kvcache"):
         cache.invalidate(tables=["t"])
     assert writer_threads() == threads
-    assert cache.writer.dropped == 1
+    assert cache._writer.dropped == 1
     assert "dropped 1 L2 task(s) submitted after close" in caplog.text
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from peewee_kvcache import CachedSqliteDatabase
 from peewee_kvcache.core.codec import CachedResult
-from peewee_kvcache.levels.memory import MemoryEntry, MemoryLevel, shareable
+from peewee_kvcache.levels.entry import Entry
+from peewee_kvcache.levels.memory import MemoryLevel, shareable
 
 
 class Doc(peewee.Model):
@@ -28,7 +29,7 @@ def titles():
 
 def test_a_memory_hit_does_not_touch_diskcache(db, monkeypatch):
     assert titles() == ["a"]
-    assert len(db.cache.memory) == 1
+    assert len(db.cache._memory) == 1
 
     def broken(*args, **kwargs):
         raise AssertionError("diskcache read on a memory hit")
@@ -78,7 +79,7 @@ def test_results_with_mutable_values_are_not_shared():
     assert not shareable(mutable, 10) and shareable(frozen, 10)
     assert not shareable(CachedResult(("x",), [(1,)] * 11), 10)
     level = MemoryLevel(max_entries=2)
-    level.put("m", MemoryEntry(("*",), (1,), 10**15, 0, mutable))
+    level.put("m", Entry(("*",), (1,), 10**15, 0, mutable))
     assert level.get("m") is None
 
 
@@ -86,6 +87,6 @@ def test_lru_bound():
     level = MemoryLevel(max_entries=2)
     result = CachedResult(("x",), [(1,)])
     for key in "abc":
-        level.put(key, MemoryEntry(("*",), (1,), 10**15, 0, result))
+        level.put(key, Entry(("*",), (1,), 10**15, 0, result))
     assert level.get("a") is None and level.get("b") and level.get("c")
     assert len(level) == 2

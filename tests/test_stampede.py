@@ -66,9 +66,9 @@ def test_threads_missing_one_key_run_the_query_once(slow_db):
     assert db.cache.get_stats().stampede_waits == 7
 
 
-def test_followers_fall_back_when_the_leader_is_too_slow(slow_db):
+def test_followers_fall_back_when_the_leader_is_too_slow(slow_db, make_cache, monkeypatch):
     db, runs = slow_db
-    db.cache.stampede_wait = 0.2
+    monkeypatch.setattr(db, "cache", make_cache("quick", stampede_wait=0.2))
     db._delay = 1.0
     started = time.monotonic()
     results, errors = run_threads(4, lambda: [i.name for i in query()])
@@ -79,7 +79,7 @@ def test_followers_fall_back_when_the_leader_is_too_slow(slow_db):
 
 def test_followers_run_the_query_when_the_leader_fails(slow_db, monkeypatch):
     db, runs = slow_db
-    real_store = db.cache.store
+    real_store = db.cache._storer.store
     failed = []
 
     def failing_store(*args, **kwargs):
@@ -88,7 +88,7 @@ def test_followers_run_the_query_when_the_leader_fails(slow_db, monkeypatch):
             raise RuntimeError("leader died")
         return real_store(*args, **kwargs)
 
-    monkeypatch.setattr(db.cache, "store", failing_store)
+    monkeypatch.setattr(db.cache._storer, "store", failing_store)
     results, errors = run_threads(3, lambda: [i.name for i in query()])
     assert len(errors) == 1 and str(errors[0]) == "leader died"
     assert results == [["a"]] * 2                   # not stuck: they ran it themselves

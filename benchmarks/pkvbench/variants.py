@@ -92,7 +92,7 @@ def ours(backend: Backend, cell: Cell, checked: bool = True) -> List[Variant]:
     return [
         Variant(UNCACHED, lambda: list(build(1, n).execute(backend.plain))),
         check(Variant(L1_HIT, cached), {"memory_hits": 1, "l1_hits": 0, "l2_hits": 0}),
-        check(Variant(L1_DISK, cached, before=cache.memory.clear),
+        check(Variant(L1_DISK, cached, before=cache._memory.clear),
               {"memory_hits": 0, "l1_hits": 1, "l2_hits": 0}),
         check(Variant(L2_HIT, cached, before=cache.clear_local),
               {"memory_hits": 0, "l1_hits": 0, "l2_hits": 1}),

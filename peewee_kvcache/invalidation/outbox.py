@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Tuple
 
 import diskcache
 import msgpack
 
+from ..levels.l1 import CorruptL1, stand_in
+
 #: the longest wait between two attempts of a sweep: after an outage, the first sweep reaches KV
 #: at most this long after the circuit breaker lets calls through again (see README)
 MAX_BACKOFF_MS = 5_000
-
-
-def backoff_ms(attempts: int) -> int:
-    """Delay before the next attempt of a sweep that failed ``attempts`` times before."""
-    return min(500 * 2 ** min(attempts, 16), MAX_BACKOFF_MS)
 
 
 @dataclass(frozen=True)
@@ -42,6 +39,12 @@ class Job:
     #: False for a job that could not be recorded in the outbox (no usable L1): memory only
     durable: bool = True
 
+    def retried(self, now_ms: int) -> Tuple[int, "Job"]:
+        """When this job, having failed, runs again (exponential backoff, capped at
+        ``MAX_BACKOFF_MS``), and the job counting that attempt."""
+        delay = min(500 * 2 ** min(self.attempts, 16), MAX_BACKOFF_MS)
+        return now_ms + delay, replace(self, attempts=self.attempts + 1)
+
 
 def _key(due_ms: int, job_id: str) -> str:
     return f"{due_ms:015d}-{job_id}"
@@ -49,6 +52,9 @@ def _key(due_ms: int, job_id: str) -> str:
 
 class Outbox:
     """Pending sweeps in a diskcache that never evicts."""
+
+    lease_ms: int
+    jobs: diskcache.Cache
 
     def __init__(self, directory: str, lease_ms: int = 30_000, timeout: float = 1.0):
         self.lease_ms = lease_ms
@@ -85,7 +91,10 @@ class Outbox:
             yield job
 
     def _lease(self, key: str, now_ms: int) -> Job:
-        names, sweep, attempts, before_ms = msgpack.unpackb(self.jobs.pop(key))
+        try:
+            names, sweep, attempts, before_ms = msgpack.unpackb(self.jobs.pop(key))
+        except (ValueError, TypeError) as exc:
+            raise CorruptL1(f"outbox job {key!r} is unreadable") from exc
         job = Job(key.split("-", 1)[1], tuple(names), sweep, attempts, before_ms)
         self._put(job, now_ms + self.lease_ms)
         return job
@@ -96,16 +105,14 @@ class Outbox:
             if key:
                 self.jobs.delete(key)
 
-    def retry(self, job: Job, now_ms: int) -> int:
-        """Reschedule a failed job with exponential backoff; returns the delay in ms."""
-        delay = backoff_ms(job.attempts)
+    def retry(self, job: Job, now_ms: int) -> None:
+        """Reschedule a failed job with backoff (see :meth:`Job.retried`)."""
+        due_ms, retried = job.retried(now_ms)
         with self.jobs.transact():
             key = self._find(job.job_id)
             if key:
                 self.jobs.delete(key)
-            self._put(Job(job.job_id, job.names, job.sweep, job.attempts + 1, job.before_ms),
-                      now_ms + delay)
-        return delay
+            self._put(retried, due_ms)
 
     def next_due_ms(self) -> Optional[int]:
         """When the next job is due (unix ms), for monitoring and tests; None when empty."""
@@ -117,3 +124,9 @@ class Outbox:
 
     def close(self) -> None:
         self.jobs.close()
+
+
+#: the outbox of an L1 directory that could not be opened (give it ``lease_ms``): nothing is ever
+#: recorded there, so nothing is ever due (the writer asks every tick)
+UnavailableOutbox = stand_in(Outbox, data=("lease_ms",),
+                             claim_due=lambda self, now_ms: iter(()))

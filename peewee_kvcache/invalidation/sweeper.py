@@ -4,6 +4,10 @@ A write's sweep is recorded in the outbox (L1 directory) before the database com
 background writer after it, retried with backoff until KV accepts it, and repeated once
 ``propagation_delay + max_put_delay`` later for markers KV's ``list`` did not show yet and for other
 hosts' writes still in flight. Without a usable L1 the jobs live in this process's memory.
+
+The sweeper knows its collaborators only: the outbox and the L1 store (this host), the L2 gateway,
+two durations, and the fault path. It never runs anything in the background itself: the cache
+hands the sweeps it returns, and :meth:`Sweeper.run_due` as the tick, to its background writer.
 """
 from __future__ import annotations
 
@@ -12,15 +16,15 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..core import forksafe
 from ..core.config import now_ms
+from ..core.faults import Report
 from ..core.names import EVERYTHING
-from .outbox import Job, backoff_ms
-
-if TYPE_CHECKING:
-    from ..cache.facade import CloudflareKVCache
+from ..l2.gateway import L2Gateway
+from ..levels.l1 import L1_FAULTS
+from .outbox import Job
 
 
 class Sweeper:
@@ -31,8 +35,18 @@ class Sweeper:
     or KV calls. The hit path reads ``_untrusted`` without it: that dict is replaced on each
     change, never modified, so a reader sees one whole version."""
 
-    def __init__(self, cache: "CloudflareKVCache"):
-        self.cache = cache
+    def __init__(self, outbox: Any, l1: Any, l2: L2Gateway, *, resweep_after_ms: int,
+                 clock_skew_ms: int, fault: Report):
+        """``outbox``, ``l1``: this host's :class:`~.outbox.Outbox` and
+        :class:`~..levels.l1.L1Store` (or their stand-ins when the directory is unusable).
+        ``resweep_after_ms``: ``propagation_delay + max_put_delay``, from a write to its late
+        re-sweep. ``clock_skew_ms``: allowed between hosts when comparing entry times."""
+        self._outbox = outbox
+        self._l1 = l1
+        self._l2 = l2
+        self._resweep_after_ms = resweep_after_ms
+        self._clock_skew_ms = clock_skew_ms
+        self._fault = fault
         self._lock = threading.Lock()
         forksafe.renew_locks(self, "_lock")
         self._own_jobs: Set[str] = set()
@@ -61,10 +75,11 @@ class Sweeper:
             return None
         names = tuple(sorted(set(names)))
         try:
-            job = self.cache.outbox.add(names, now_ms() + self.cache.outbox.lease_ms)
-            self.cache.l1.mark_pending(names, job.job_id)
-        except Exception:
-            self.cache.fault("l1_errors", "recording an invalidation failed")
+            job = self._outbox.add(names, now_ms() + self._outbox.lease_ms)
+            self._l1.mark_pending(names, job.job_id)
+        except L1_FAULTS as exc:
+            self._fault("l1_errors", "recording an invalidation failed (it is kept in memory)",
+                        exc)
             job = Job("mem-" + uuid.uuid4().hex, names, durable=False)
             with self._lock:
                 self._memory_pending.update(names)
@@ -72,12 +87,13 @@ class Sweeper:
             self._own_jobs.add(job.job_id)
         return job
 
-    def complete(self, job: Job) -> None:
-        """After the write: new tokens at once (read-your-writes), the L2 sweep in the background.
-        Results whose query started after this moment saw the committed write: sweeps keep them."""
+    def complete(self, job: Job) -> Callable[[], None]:
+        """After the write: new tokens at once (read-your-writes); returns the L2 sweep, for the
+        background. Results whose query started after this moment saw the committed write:
+        sweeps keep them."""
         job = replace(job, before_ms=now_ms())
         self._bump(job.names, job.job_id)
-        self.cache.writer.submit(lambda: self._run_job(job))
+        return lambda: self._run_job(job)
 
     def sweep_late_write(self, names: Iterable[str], before_ms: int) -> None:
         """An L2 write whose outcome is unknown (it timed out) may still land, after the sweeps
@@ -88,13 +104,13 @@ class Sweeper:
         indexed = tuple(sorted(set(names) - {EVERYTHING}))
         if not indexed:
             return  # entries that depend on nothing are never invalidated: nothing can be stale
-        due = (now_ms() + self.cache.max_put_delay_ms
-               + int(self.cache.propagation_delay * 1000))
+        due = now_ms() + self._resweep_after_ms
         job = Job("late-" + uuid.uuid4().hex, indexed, sweep=2, before_ms=before_ms)
         try:
             self._schedule(job, due)
-        except Exception:
-            self.cache.fault("l1_errors", "recording a late-write sweep failed")
+        except L1_FAULTS as exc:
+            self._fault("l1_errors", "recording a late-write sweep failed (it is kept in memory)",
+                        exc)
             self._schedule(replace(job, durable=False), due)
 
     def _bump(self, names: Sequence[str], job_id: str) -> None:
@@ -103,9 +119,10 @@ class Sweeper:
         bump succeeds (see :meth:`run_due`); the flags stay, so this host's other processes
         don't trust them either."""
         try:
-            self.cache.l1.bump(names, now_ms(), job_id)
-        except Exception:
-            self.cache.fault("l1_errors", "L1 invalidation failed")
+            self._l1.bump(names, now_ms(), job_id)
+        except L1_FAULTS as exc:
+            self._fault("l1_errors", "L1 invalidation failed (this process distrusts the cached "
+                        "results of those names until it succeeds)", exc)
             with self._lock:
                 failure = next(self._failures)
                 self._untrusted = {**self._untrusted, **{name: failure for name in names}}
@@ -115,9 +132,9 @@ class Sweeper:
         untrusted = self._untrusted
         if untrusted:
             try:
-                self.cache.l1.bump(tuple(untrusted), now_ms())
-            except Exception:
-                pass  # still failing: those names stay untrusted, counted when they first failed
+                self._l1.bump(tuple(untrusted), now_ms())
+            except L1_FAULTS:  # the retry of a fault logged and counted when it happened
+                pass  # still failing: those names stay untrusted
             else:  # trusted again, unless a bump failed since: that failure is newer than ours
                 with self._lock:
                     self._untrusted = {name: failure for name, failure in self._untrusted.items()
@@ -127,9 +144,9 @@ class Sweeper:
             due = [job for at, job in self._memory_jobs if at <= now]
             self._memory_jobs = [(at, job) for at, job in self._memory_jobs if at > now]
         try:
-            due.extend(self.cache.outbox.claim_due(now))
-        except Exception:
-            self.cache.fault("l1_errors", "reading the invalidation outbox failed")
+            due.extend(self._outbox.claim_due(now))
+        except L1_FAULTS as exc:
+            self._fault("l1_errors", "reading the invalidation outbox failed", exc)
         for job in due:
             self._run_job(job)
 
@@ -149,10 +166,10 @@ class Sweeper:
             self._own_jobs.discard(job.job_id)
         try:
             if job.durable:
-                self.cache.outbox.done(job)
+                self._outbox.done(job)
             if job.sweep == 1:
                 if job.durable:
-                    self.cache.l1.clear_pending(job.names, job.job_id)
+                    self._l1.clear_pending(job.names, job.job_id)
                 else:
                     with self._lock:
                         self._memory_pending.subtract(job.names)
@@ -161,27 +178,27 @@ class Sweeper:
                 # started before ours may still be in flight (at most max_put_delay): again,
                 # timed from the write (not from this sweep, which may have run late).
                 self._schedule(replace(job, sweep=2, attempts=0),
-                               before_ms + int(self.cache.propagation_delay * 1000)
-                               + self.cache.max_put_delay_ms)
-        except Exception:
-            self.cache.fault("l1_errors", "updating the invalidation outbox failed")
+                               before_ms + self._resweep_after_ms)
+        except L1_FAULTS as exc:
+            self._fault("l1_errors", "updating the invalidation outbox failed", exc)
 
     def _retry(self, job: Job) -> None:
-        try:
-            if job.durable:
-                self.cache.outbox.retry(job, now_ms())
+        """Try ``job`` again later: in the outbox, or in memory when that fails too."""
+        if job.durable:
+            try:
+                self._outbox.retry(job, now_ms())
                 return
-        except Exception:
-            self.cache.fault("l1_errors", "rescheduling an invalidation failed")
-        delay = backoff_ms(job.attempts)
+            except L1_FAULTS as exc:
+                self._fault("l1_errors", "rescheduling an invalidation failed (it is kept in "
+                            "memory)", exc)
+        due_ms, retried = job.retried(now_ms())
         with self._lock:
-            self._memory_jobs.append((now_ms() + delay, replace(job, attempts=job.attempts + 1,
-                                                                durable=False)))
+            self._memory_jobs.append((due_ms, replace(retried, durable=False)))
 
     def _schedule(self, job: Job, due_ms: int) -> None:
         """A further sweep due at ``due_ms``: in the outbox, or in memory without an L1."""
         if job.durable:
-            self.cache.outbox.add(job.names, due_ms, sweep=job.sweep, before_ms=job.before_ms)
+            self._outbox.add(job.names, due_ms, sweep=job.sweep, before_ms=job.before_ms)
         else:
             with self._lock:
                 self._memory_jobs.append((due_ms, job))
@@ -190,9 +207,9 @@ class Sweeper:
         """Delete each name's L2 keys of results computed up to ``before_ms``; True on success."""
         keys: List[str] = []
         for name in names:
-            ok, infos = self.cache.call_l2("L2 invalidation listing failed", self.cache.list_keys,
-                                 self.cache.layout.name_prefix(name))
+            ok, stale = self._l2.call("L2 invalidation listing failed", self._l2.keyspace.stale_keys,
+                                      name, before_ms + self._clock_skew_ms)
             if not ok:
                 return False
-            keys.extend(self.cache.layout.keys_to_delete(infos or (), before_ms + self.cache.clock_skew_ms))
-        return not keys or self.cache.delete_keys(sorted(set(keys)))
+            keys.extend(stale or ())
+        return not keys or self._l2.delete(sorted(set(keys)))

@@ -199,7 +199,7 @@ class BackgroundWriter:
             self._last_tick = time.monotonic()
             try:
                 self._tick()
-            except Exception:
+            except Exception:  # the thread's top: faults are handled inside, this is a bug
                 log.exception("peewee_kvcache: background outbox work failed")
         if not batch:
             return
@@ -208,7 +208,7 @@ class BackgroundWriter:
                 self._send_puts(batch)  # type: ignore[arg-type]
             else:
                 batch[0]()  # type: ignore[operator]
-        except Exception:  # the thread must survive any fault; callers degrade to the DB
+        except Exception:  # as above: a bug, shown with its traceback; the thread goes on
             log.exception("peewee_kvcache: background L2 work failed")
         finally:
             with self._cond:

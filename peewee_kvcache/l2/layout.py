@@ -18,7 +18,10 @@ Names are percent-encoded so that ``:`` inside a tag can never make one prefix m
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
+from urllib.parse import unquote
 
 from ..core.names import EVERYTHING, TABLE, TAG
 from ..kv.base import KeyInfo, KVPair
@@ -37,6 +40,24 @@ def marker_target(info: KeyInfo) -> Optional[str]:
     metadata = info.metadata
     target = metadata.get("e") if isinstance(metadata, dict) else None
     return target if isinstance(target, str) else None
+
+
+def created_ms(info: KeyInfo) -> Optional[int]:
+    """When the query of a listed entry or marker started (unix ms); None if unknown."""
+    created = info.metadata.get("c") if isinstance(info.metadata, dict) else None
+    return created if isinstance(created, int) else None
+
+
+@dataclass(frozen=True)
+class KeyCounts:
+    """L2 key counts of one prefix; the first three as ``CacheStats`` reports them."""
+
+    total_keys: int
+    table_keys: int
+    tag_keys: int
+    markers: int
+    by_table: Dict[str, int] = field(default_factory=dict)
+    by_tag: Dict[str, int] = field(default_factory=dict)
 
 
 class KeyLayout:
@@ -70,11 +91,35 @@ class KeyLayout:
         entries their markers point at. Later results are fresh: a sweep leaves them alone."""
         keys = []
         for info in infos:
-            created = info.metadata.get("c") if isinstance(info.metadata, dict) else None
-            if isinstance(created, int) and created > before_ms:
+            created = created_ms(info)
+            if created is not None and created > before_ms:
                 continue
             keys.append(info.name)
             target = marker_target(info)
             if target is not None and target.startswith(self.prefix):
                 keys.append(target)
         return keys
+
+    def count(self, infos: Iterable[KeyInfo]) -> KeyCounts:
+        """Entries, index keys and markers among this prefix's listed keys, and the keys per
+        table and per tag."""
+        table_prefix, tag_prefix = self.prefix + TABLE, self.prefix + TAG
+        by_table: Counter = Counter()
+        by_tag: Counter = Counter()
+        keys = markers = 0
+        for info in infos:
+            keys += 1
+            markers += marker_target(info) is not None
+            if info.name.startswith(table_prefix):
+                by_table[_name_of(info.name, table_prefix)] += 1
+            elif info.name.startswith(tag_prefix):
+                by_tag[_name_of(info.name, tag_prefix)] += 1
+        return KeyCounts(total_keys=keys - markers, table_keys=sum(by_table.values()),
+                         tag_keys=sum(by_tag.values()), markers=markers,
+                         by_table=dict(sorted(by_table.items())),
+                         by_tag=dict(sorted(by_tag.items())))
+
+
+def _name_of(key: str, kind_prefix: str) -> str:
+    """The table or tag a ``{prefix}t:{name}:{hash}`` key belongs to (names are %-encoded)."""
+    return unquote(key[len(kind_prefix):].rsplit(":", 1)[0])

@@ -1,4 +1,4 @@
-"""The local level: result entries and invalidation tokens in diskcache, shared by this host's processes.
+"""L1: result entries and invalidation tokens in diskcache, shared by this host's processes.
 
 Invalidation never searches for entries. Every name an entry depends on (a table, a tag, ``*`` for
 "everything") has a token; an entry is stamped with the tokens it was computed under, read *before*
@@ -17,15 +17,16 @@ import json
 import mmap
 import os
 import random
+import sqlite3
 import struct
 import time
 import uuid
-from dataclasses import dataclass
-from typing import (Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence,
-                    Tuple)
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import diskcache
 import msgpack
+
+from .entry import Entry
 
 _SEQ = "seq"
 _UNBUMPED = "unbumped"
@@ -45,93 +46,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class L1Unavailable(RuntimeError):
+class L1Error(Exception):
+    """L1 failed in a way of its own (besides SQLite, OS and lock-timeout errors)."""
+
+
+class L1Unavailable(L1Error, RuntimeError):
     """The L1 directory could not be opened."""
 
 
+class CorruptL1(L1Error):
+    """A value read from the L1 directory is not one this library wrote."""
+
+
+#: what an L1 store (and the outbox beside it) raises when its directory fails: the cache counts
+#: them as ``l1_errors`` and goes on without L1
+L1_FAULTS = (L1Error, sqlite3.Error, OSError, diskcache.Timeout)
+
+
 class Unavailable:
-    """Stands in for the L1 store and the outbox when their directory could not be opened
-    (read-only, missing, a file, full disk): every operation raises :class:`L1Unavailable`, so
-    each cache path degrades to the database as it does for a failing L1. Plain attributes keep
-    their meaning (``directory``, ``lease_ms``, ``l1_id``)."""
+    """Base of the stand-ins made by :func:`stand_in`: ``reason`` says why the directory
+    could not be opened."""
 
-    def __init__(self, directory: str, reason: BaseException, lease_ms: int = 30_000):
+    def __init__(self, directory: str, reason: BaseException, **data: Any):
         self.directory = directory
-        self.lease_ms = lease_ms
-        #: this process alone in NOTIFY payloads: it shares no tokens with any other process
-        self.l1_id = uuid.uuid4().hex
-        self._reason = f"{type(reason).__name__}: {reason}"
+        self.reason = f"{type(reason).__name__}: {reason}"
+        self.__dict__.update(data)
 
-    def _fail(self) -> NoReturn:
-        raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self._reason})")
-
-    # the stores' own handles
-    entries = meta = counter = jobs = property(_fail)
-
-    # L1Store
-    def seq(self) -> int:
-        self._fail()
-
-    def bump(self, names: Iterable[str], at_ms: Optional[int] = None,
-             release: Optional[str] = None) -> int:
-        self._fail()
-
-    def invalidated_at(self, names: Iterable[str]) -> int:
-        self._fail()
-
-    def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
-        self._fail()
-
-    def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
-        self._fail()
-
-    def mark_pending(self, names: Iterable[str], marker: str) -> None:
-        self._fail()
-
-    def clear_pending(self, names: Iterable[str], marker: str) -> None:
-        self._fail()
-
-    def any_pending(self, names: Iterable[str]) -> bool:
-        self._fail()
-
-    def get(self, key: str) -> Optional["L1Entry"]:
-        self._fail()
-
-    def set(self, key: str, entry: "L1Entry", now_ms: int) -> None:
-        self._fail()
-
-    def clear(self) -> None:
-        self._fail()
-
-    def stats(self) -> Dict[str, int]:
-        self._fail()
-
-    # Outbox
-    def add(self, names: Tuple[str, ...], due_ms: int, sweep: int = 1,
-            before_ms: Optional[int] = None) -> Any:
-        self._fail()
-
-    def claim(self, job_id: str, now_ms: int) -> Any:
-        self._fail()
-
-    def claim_due(self, now_ms: int) -> Iterator[Any]:
-        """Nothing: no job could ever be recorded here (and the writer asks every tick)."""
-        return iter(())
-
-    def done(self, job: Any) -> None:
-        self._fail()
-
-    def retry(self, job: Any, now_ms: int) -> int:
-        self._fail()
-
-    def next_due_ms(self) -> Optional[int]:
-        self._fail()
-
-    def __len__(self) -> int:
-        self._fail()
+    def _fail(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise L1Unavailable(f"L1 directory {self.directory!r} unavailable ({self.reason})")
 
     def close(self) -> None:
         """Nothing was opened."""
+
+
+def stand_in(store: type, data: Iterable[str], **methods: Callable[..., Any]) -> type:
+    """A class standing in for ``store`` when its directory could not be opened (read-only,
+    missing, a file, a full disk): each public method (and ``len``) and each handle (an annotated
+    attribute not in ``data``) raises :class:`L1Unavailable`, so every cache path degrades as it
+    does for a failing L1. ``data`` attributes are plain values given to the constructor;
+    ``methods`` replace generated ones. Any other name is an AttributeError, as on the store."""
+    members: Dict[str, Any] = {
+        name: Unavailable._fail for name, value in vars(store).items()
+        if callable(value) and (not name.startswith("_") or name == "__len__")
+        and name not in vars(Unavailable)}
+    members.update((name, property(Unavailable._fail)) for name in store.__annotations__
+                   if name not in data)
+    members.update(methods)
+    return type("Unavailable" + store.__name__, (Unavailable,), members)
 
 
 class SharedCounter:
@@ -153,25 +114,19 @@ class SharedCounter:
             os.close(fd)
 
     def read(self) -> int:
-        return _U64.unpack_from(self._map, 0)[0]
+        try:
+            return _U64.unpack_from(self._map, 0)[0]
+        except ValueError as exc:  # the mapping was closed with its store
+            raise L1Error("the L1 store is closed") from exc
 
     def publish(self, value: int) -> None:
-        _U64.pack_into(self._map, 0, value)
+        try:
+            _U64.pack_into(self._map, 0, value)
+        except TypeError as exc:  # the mapping was closed with its store
+            raise L1Error("the L1 store is closed") from exc
 
     def close(self) -> None:
         self._map.close()
-
-
-@dataclass(frozen=True)
-class L1Entry:
-    """A stored entry: its stamp, absolute expiry (unix ms), the encoded result, and when it was
-    last known to match L2 (unix ms; see ``l1_max_age``)."""
-
-    names: Tuple[str, ...]
-    tokens: Tuple[int, ...]
-    expires_at_ms: int
-    payload: bytes
-    checked_at_ms: int
 
 
 class L1Store:
@@ -180,6 +135,13 @@ class L1Store:
     Tokens live in a cache that never evicts (eviction_policy "none"): losing a token would be safe
     (entries stamped with it die) but would needlessly drop entries. Entries may be culled freely.
     """
+
+    directory: str
+    #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
+    l1_id: str
+    entries: diskcache.Cache
+    meta: diskcache.Cache
+    counter: SharedCounter
 
     def __init__(self, directory: str, size_limit: int = 1 << 30, timeout: float = 1.0):
         self.directory = directory
@@ -192,8 +154,7 @@ class L1Store:
         self.counter.publish(self.seq())
         self._snapshot: Tuple[Optional[int], Dict[str, int], Dict[str, str]] = (None, {}, {})
         self.meta.add("l1_id", uuid.uuid4().hex)
-        #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
-        self.l1_id: str = self.meta.get("l1_id")
+        self.l1_id = self.meta.get("l1_id")
 
     def _init_counter(self) -> int:
         """Create base and counter if missing; returns the base."""
@@ -298,7 +259,10 @@ class L1Store:
     def _unbumped(self) -> Dict[str, str]:
         """Names awaiting their post-commit bump: name -> "owner pid:invalidation"."""
         raw = self.meta.get(_UNBUMPED)
-        return json.loads(raw) if raw else {}
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError as exc:
+            raise CorruptL1("the unbumped flags are unreadable") from exc
 
     def _release(self, names: Iterable[str], marker: str) -> None:
         """Inside a transaction: drop ``marker``'s unbumped flags (a later writer's flags stay)."""
@@ -329,14 +293,19 @@ class L1Store:
         return any(get("p:" + name) is not None for name in names)
 
     # -- entries ----------------------------------------------------------------------------
-    def get(self, key: str) -> Optional[L1Entry]:
+    def get(self, key: str) -> Optional[Entry[bytes]]:
         raw = self.entries.get(key)
         if raw is None:
             return None
-        return L1Entry(*msgpack.unpackb(raw, use_list=False))
+        try:
+            names, tokens, expires_at_ms, payload, checked_at_ms = msgpack.unpackb(
+                raw, use_list=False)
+        except (ValueError, TypeError) as exc:
+            raise CorruptL1(f"L1 entry {key!r} is unreadable") from exc
+        return Entry(names, tokens, expires_at_ms, checked_at_ms, payload)
 
-    def set(self, key: str, entry: L1Entry, now_ms: int) -> None:
-        raw = msgpack.packb([entry.names, entry.tokens, entry.expires_at_ms, entry.payload,
+    def set(self, key: str, entry: Entry[bytes], now_ms: int) -> None:
+        raw = msgpack.packb([entry.names, entry.tokens, entry.expires_at_ms, entry.value,
                              entry.checked_at_ms], use_bin_type=True)
         self.entries.set(key, raw, expire=max(entry.expires_at_ms - now_ms, 1) / 1000.0)
 
@@ -358,3 +327,8 @@ class L1Store:
         self.entries.close()
         self.meta.close()
         self.counter.close()
+
+
+#: the L1 store of a directory that could not be opened; give it ``l1_id=uuid.uuid4().hex``: this
+#: process alone in NOTIFY payloads, as it shares no tokens with any other process
+UnavailableStore = stand_in(L1Store, data=("directory", "l1_id"))

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from ..core import forksafe
 from ..core.codec import CachedResult
+from .entry import Entry
 
 _MUTABLE = (list, dict, set, bytearray)
-
-
-@dataclass(frozen=True)
-class MemoryEntry:
-    names: Tuple[str, ...]
-    tokens: Tuple[int, ...]
-    expires_at_ms: int
-    checked_at_ms: int
-    result: CachedResult
 
 
 def shareable(result: CachedResult, max_rows: int) -> bool:
@@ -39,19 +30,19 @@ class MemoryLevel:
     def __init__(self, max_entries: int = 1000, max_rows: int = 10_000):
         self.max_entries = max_entries
         self.max_rows = max_rows
-        self._entries: "OrderedDict[str, MemoryEntry]" = OrderedDict()
+        self._entries: "OrderedDict[str, Entry[CachedResult]]" = OrderedDict()
         self._lock = threading.Lock()
         forksafe.renew_locks(self, "_lock")  # entries stay: they are checked like L1's
 
-    def get(self, digest: str) -> Optional[MemoryEntry]:
+    def get(self, digest: str) -> Optional[Entry[CachedResult]]:
         with self._lock:
             entry = self._entries.get(digest)
             if entry is not None:
                 self._entries.move_to_end(digest)
             return entry
 
-    def put(self, digest: str, entry: MemoryEntry) -> None:
-        if not self.max_entries or not shareable(entry.result, self.max_rows):
+    def put(self, digest: str, entry: Entry[CachedResult]) -> None:
+        if not self.max_entries or not shareable(entry.value, self.max_rows):
             return
         with self._lock:
             self._entries[digest] = entry

@@ -1,0 +1,182 @@
+"""The read path: a key's result from the nearest level holding a valid one, or a miss.
+
+Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2.
+An L1 entry older than ``l1_max_age`` is served only if L2 still holds it (the re-check), so a
+lookup makes at most one L2 read. A result read from L2 is kept in L1 and memory. Every fault is a
+miss, logged and counted: the caller (a query) goes to the database.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+from ..core.codec import CachedResult, CodecError, SignatureError, decode_entry, decode_entry_full
+from ..core.config import now_ms
+from ..core.faults import Report
+from ..core.stats import Counters
+from ..invalidation.sweeper import Sweeper
+from ..l2.gateway import L2Gateway
+from ..levels.entry import Entry
+from ..levels.l1 import L1_FAULTS
+from ..levels.memory import MemoryLevel
+from .settings import CacheSettings
+
+#: L1 payloads are this library's own encoding: one that does not decode is a faulty L1
+_L1_READ_FAULTS = L1_FAULTS + (CodecError,)
+
+
+@dataclass(eq=False)
+class Reader:
+    """Lookups in memory, L1 and L2 for one cache."""
+
+    settings: CacheSettings
+    memory: MemoryLevel
+    l1: Any
+    l2: L2Gateway
+    sweeper: Sweeper
+    counters: Counters
+    fault: Report
+
+    def __post_init__(self) -> None:  # settings read on every lookup, converted once
+        self._secret = self.settings.secret
+        self._max_age_ms = self.settings.l1_max_age_ms
+        self._clock_skew_ms = self.settings.clock_skew_ms
+
+    def lookup(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
+        """The cached result for ``digest`` if one is live and no name in its stamp was bumped."""
+        result, asked_l2 = self.local(digest)
+        if result is None and not asked_l2:
+            result = self._remote(digest, names)
+        self.counters.incr("hits" if result is not None else "misses")
+        return result
+
+    def local(self, digest: str) -> Tuple[Optional[CachedResult], bool]:
+        """This process's memory first, then the L1 directory. Returns the result and whether
+        L2 was asked (to re-check an old L1 entry). Hits are counted by level, not as hits."""
+        asked_l2 = False
+        try:
+            now = now_ms()
+            memo = self.memory.get(digest)
+            if memo is not None:
+                if self._valid(memo, now) and self._fresh(memo, now):
+                    self.counters.incr("memory_hits")
+                    return memo.value, False
+                self.memory.discard(digest)
+            entry = self.l1.get(digest)
+            if entry is None or not self._valid(entry, now):
+                return None, False
+            if not self._fresh(entry, now):
+                asked_l2 = True
+                return self._recheck(digest, entry, now), True
+            result, _ = decode_entry(entry.value)
+            self.memory.put(digest, entry.holding(result))
+        except _L1_READ_FAULTS as exc:
+            self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
+            return None, asked_l2
+        self.counters.incr("l1_hits")
+        return result, False
+
+    def keep(self, digest: str, entry: Entry[bytes], result: CachedResult) -> None:
+        """Hold ``entry`` in L1 and its decoded ``result`` in this process's memory."""
+        self.l1.set(digest, entry, entry.checked_at_ms)
+        self.memory.put(digest, entry.holding(result))
+
+    def live_expiry(self, digest: str, names: Sequence[str]) -> Optional[int]:
+        """Expiry of the live entry under ``digest`` (L1, else L2), for keep_ttl; None if none.
+
+        An entry whose stamp is out of date was invalidated: like a Redis DEL, it has no TTL left.
+        """
+        entry = self.l1.get(digest)
+        if entry is not None:
+            return entry.expires_at_ms if self.l1.is_current(entry.names, entry.tokens) else None
+        raw = self.l2.read("L2 read for keep_ttl failed (the default TTL applies)",
+                            self.l2.layout.entry_key(digest, names))
+        try:
+            return decode_entry(raw, self._secret, digest.encode())[1] if raw else None
+        except CodecError:
+            return None
+
+    def _valid(self, entry: Entry[Any], now: int) -> bool:
+        """Unexpired, and no name of its stamp bumped or distrusted."""
+        return (entry.expires_at_ms > now and self.l1.is_current(entry.names, entry.tokens)
+                and not self.sweeper.distrusts(entry.names))
+
+    def _fresh(self, entry: Entry[Any], now: int) -> bool:
+        """Checked against L2 within ``l1_max_age``."""
+        return self._max_age_ms is None or now - entry.checked_at_ms <= self._max_age_ms
+
+    def _recheck(self, digest: str, entry: Entry[bytes], now: int) -> Optional[CachedResult]:
+        """An L1 entry older than ``l1_max_age`` is served only if L2 still holds it: another
+        host's invalidation deletes L2 entries but cannot reach this host's L1. If L2 holds a
+        different (newer) result, that one is served; if L2 can't be asked, the DB is."""
+        self.counters.incr("l1_rechecks")
+        raw = self.l2.read("L2 read for an L1 recheck failed, counted as a miss",
+                            self.l2.layout.entry_key(digest, entry.names))
+        if raw is None:
+            return None
+        if raw != entry.value:
+            decoded = self._decode_l2(digest, raw, now, entry.names)
+            if decoded is None:
+                return None
+            result, expires_at_ms = decoded
+        else:
+            result, expires_at_ms = decode_entry(raw)[0], entry.expires_at_ms
+        self.keep(digest, Entry(entry.names, entry.tokens, expires_at_ms, now, raw), result)
+        self.counters.incr("l2_hits")
+        return result
+
+    def _decode_l2(self, digest: str, raw: bytes, now: int, names: Sequence[str]
+                   ) -> Optional[Tuple[CachedResult, int]]:
+        """A verified, unexpired L2 value, or None (counted) for a bad, expired or stale one.
+
+        Stale: computed before this host last saw one of its names invalidated (allowing for
+        clock skew). Another host's write that raced our invalidation can land in L2 after our
+        sweep; this host (and any host that heard of the invalidation) never serves it.
+        """
+        try:
+            result, expires_at_ms, created_at_ms = decode_entry_full(raw, self._secret,
+                                                                     digest.encode())
+        except SignatureError as exc:
+            self.fault("bad_signatures", "L2 entry with a bad or missing signature rejected",
+                        exc)
+            return None
+        except CodecError as exc:
+            self.fault("codec_errors", "corrupt L2 entry rejected", exc)
+            return None
+        if expires_at_ms is None or expires_at_ms <= now:
+            return None
+        invalidated = self.l1.invalidated_at(names)
+        if invalidated and (created_at_ms or 0) < invalidated + self._clock_skew_ms:
+            self.counters.incr("l2_stale_rejected")
+            return None
+        return result, expires_at_ms
+
+    def _remote(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
+        """L2, unless a sweep of one of ``names`` is pending; a hit is kept in L1 and memory."""
+        try:
+            if self.sweeper.pending_in_memory(names) or self.l1.any_pending(names):
+                self.counters.incr("l2_skipped_pending")
+                return None
+            tokens = self.l1.tokens(names)  # before the read: a later bump kills the backfill
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 token read failed, counted as a miss", exc)
+            return None
+        raw = self.l2.read("L2 read failed, counted as a miss",
+                            self.l2.layout.entry_key(digest, names))
+        if raw is None:
+            return None
+        now = now_ms()
+        try:
+            decoded = self._decode_l2(digest, raw, now, names)
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
+            return None
+        if decoded is None:
+            return None
+        result, expires_at_ms = decoded
+        self.counters.incr("l2_hits")
+        try:  # the backfill keeps the L2 entry's remaining lifetime
+            self.keep(digest, Entry(tuple(names), tokens, expires_at_ms, now, raw), result)
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 backfill failed", exc)
+        return result

@@ -1,0 +1,68 @@
+"""Stampede protection: threads and processes sharing an L1 directory that miss the same key run
+its query once; the others wait for the result in L1, at most ``stampede_wait`` seconds.
+
+The lock is an L1 key (``fill:<digest>``) added only if absent and expiring by itself, so a
+leader that dies cannot hold it past ``stampede_wait``. When L1 can't coordinate, everybody leads.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..core.codec import CachedResult
+from ..core.faults import Report
+from ..core.stats import Counters
+from ..levels.l1 import L1_FAULTS
+from .reads import Reader
+
+
+@dataclass(eq=False)
+class Stampede:
+    """The fill locks of one cache (``wait_s``: ``stampede_wait``)."""
+
+    wait_s: float
+    l1: Any
+    reader: Reader
+    counters: Counters
+    fault: Report
+
+    def lead(self, digest: str) -> bool:
+        """Claim the right to run the query for ``digest``. True for the leader, and when L1
+        can't coordinate (nobody waits then)."""
+        if not self.wait_s:
+            return True
+        try:
+            return bool(self.l1.entries.add("fill:" + digest, 1, expire=self.wait_s))
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 fill lock failed (this query runs unguarded)", exc)
+            return True
+
+    def end(self, digest: str) -> None:
+        """The leader is done: followers stop waiting."""
+        try:
+            self.l1.entries.delete("fill:" + digest)
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 fill unlock failed (followers wait for its expiry)",
+                        exc)
+
+    def await_result(self, digest: str) -> Optional[CachedResult]:
+        """A follower waits for the leader's result in L1; None when the leader finished
+        without a cacheable result, took too long, or L1 failed."""
+        self.counters.incr("stampede_waits")
+        deadline = time.monotonic() + self.wait_s
+        delay = 0.002
+        while True:
+            try:
+                leader_done = self.l1.entries.get("fill:" + digest) is None
+            except L1_FAULTS as exc:
+                self.fault("l1_errors", "L1 fill lock read failed, counted as a miss", exc)
+                return None
+            result, _ = self.reader.local(digest)
+            if result is not None:
+                self.counters.incr("hits")
+                return result
+            if leader_done or time.monotonic() >= deadline:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
