@@ -13,8 +13,8 @@ BENCH = ["django>=4.2", "django-cachalot>=2.6", "dogpile.cache>=1.1", "matplotli
 setup(
     name="peewee_kvcache",
     version="0.1.0",
-    description="Two-level (diskcache + Cloudflare Workers KV) query cache for the Peewee ORM "
-    "with transaction-aware invalidation",
+    description="Query-result cache for the Peewee ORM (process memory, diskcache, Cloudflare "
+    "Workers KV) with transaction-aware invalidation",
     long_description=LONG_DESCRIPTION,
     long_description_content_type="text/markdown",
     packages=find_packages(include=["peewee_kvcache", "peewee_kvcache.*"]),

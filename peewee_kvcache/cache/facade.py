@@ -28,7 +28,7 @@ from ..levels.l1 import L1_FAULTS, L1Store, UnavailableStore
 from ..levels.memory import MemoryLevel
 from .admin import Admin
 from .invalidations import Invalidations, Listener
-from .keys import digest_of, feed, key_hash, seed_key  # noqa: F401 (the Peewee layer's imports)
+from .keys import digest_of, seed_key
 from .reads import Reader
 from .settings import CacheSettings, default_directory
 from .stampede import Stampede

@@ -1,4 +1,4 @@
-"""Bytes <-> query results for both cache levels.
+"""Bytes <-> query results, as L1 and L2 store them.
 
 L2 is shared and network-reachable, so nothing read back is ever unpickled: values are msgpack
 with one explicit extension type per Python type a DB driver returns, and every other type is

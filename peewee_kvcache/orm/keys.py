@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import peewee
 
-from ..cache.facade import feed, key_hash
+from ..cache.keys import feed, key_hash
 from ..core.codec import encode_params
 from ..core.names import tag_digest_part
 from .query import CacheOptions
