@@ -23,7 +23,7 @@ from ..core.config import now_ms
 from ..core.faults import Report
 from ..core.names import EVERYTHING
 from ..l2.gateway import L2Gateway
-from ..levels.l1 import L1_FAULTS
+from ..levels.l1 import L1_FAULTS, OWN_FLAGS
 from .outbox import Job
 
 
@@ -132,7 +132,8 @@ class Sweeper:
         untrusted = self._untrusted
         if untrusted:
             try:
-                self._l1.bump(tuple(untrusted), now_ms())
+                # the failed bump left this process's unbumped flags: lift them with this one
+                self._l1.bump(tuple(untrusted), now_ms(), OWN_FLAGS)
             except L1_FAULTS:  # the retry of a fault logged and counted when it happened
                 pass  # still failing: those names stay untrusted
             else:  # trusted again, unless a bump failed since: that failure is newer than ours

@@ -34,6 +34,23 @@ _BASE = "base"
 _U64 = struct.Struct("<Q")
 
 
+#: ``release`` value that lifts every unbumped flag this process holds (after a failed bump)
+OWN_FLAGS = "*"
+
+
+def _own_flags(marker: str) -> Callable[[str], bool]:
+    """Which flag owners ("pid:invalidation") ``bump(release=marker)`` lifts."""
+    if marker == OWN_FLAGS:
+        prefix = f"{os.getpid()}:"
+        return lambda owner: owner.startswith(prefix)
+    return lambda owner: owner.partition(":")[2] == marker
+
+
+def _all(values: Any, kind: type) -> bool:
+    """A tuple of ``kind`` values only (bool is not an int here)."""
+    return isinstance(values, tuple) and all(type(v) is kind for v in values)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a pid of another PID namespace counts as dead: its flags
     are then bumped early, which is safe)."""
@@ -151,8 +168,9 @@ class L1Store:
                                     timeout=timeout)
         self._init_counter()
         self.counter = SharedCounter(os.path.join(directory, "counter.bin"))
-        self.counter.publish(self.seq())
-        self._snapshot: Tuple[Optional[int], Dict[str, int], Dict[str, str]] = (None, {}, {})
+        with self.meta.transact():  # no bump commits between this read and its publish
+            self.counter.publish(self.seq())
+        self._snapshot: Tuple[Optional[int], Dict[str, int], Dict[str, List[str]]] = (None, {}, {})
         self.meta.add("l1_id", uuid.uuid4().hex)
         self.l1_id = self.meta.get("l1_id")
 
@@ -178,7 +196,8 @@ class L1Store:
              release: Optional[str] = None) -> int:
         """Give every name a fresh token, killing every entry stamped with the old one, and
         remember when (wall clock, ``at_ms``): L2 entries computed before then are stale here.
-        ``release``: the invalidation (see :meth:`mark_pending`) whose unbumped flags this ends."""
+        ``release``: the invalidation (see :meth:`mark_pending`) whose unbumped flags this ends,
+        or :data:`OWN_FLAGS` for all of this process's."""
         names = list(names)
         with self.meta.transact():
             self.seq()
@@ -250,36 +269,53 @@ class L1Store:
             for name in names:
                 self.meta.set("p:" + name, marker)
             unbumped = self._unbumped()
-            unbumped.update((name, f"{os.getpid()}:{marker}") for name in names)
+            owner = f"{os.getpid()}:{marker}"
+            for name in names:  # every writer's own flag: one writer's bump can't lift another's
+                unbumped.setdefault(name, []).append(owner)
             self.meta.set(_UNBUMPED, json.dumps(unbumped))
             self.seq()
             seq = self.meta.incr(_SEQ)  # a new counter value tells every process to reload flags
         self.counter.publish(seq)
 
-    def _unbumped(self) -> Dict[str, str]:
-        """Names awaiting their post-commit bump: name -> "owner pid:invalidation"."""
+    def _unbumped(self) -> Dict[str, List[str]]:
+        """Names awaiting their post-commit bump: name -> ["owner pid:invalidation", ...]."""
         raw = self.meta.get(_UNBUMPED)
         try:
-            return json.loads(raw) if raw else {}
+            flags = json.loads(raw) if raw else {}
         except ValueError as exc:
             raise CorruptL1("the unbumped flags are unreadable") from exc
+        if not isinstance(flags, dict) or not all(isinstance(v, list) for v in flags.values()):
+            raise CorruptL1("the unbumped flags are unreadable")
+        return flags
 
     def _release(self, names: Iterable[str], marker: str) -> None:
-        """Inside a transaction: drop ``marker``'s unbumped flags (a later writer's flags stay)."""
+        """Inside a transaction: drop ``marker``'s unbumped flags (other writers' flags stay).
+        ``marker`` may also be ``"pid:"`` + this pid + ``":*"``: every flag of this process."""
         unbumped = self._unbumped()
-        mine = [name for name in names if unbumped.get(name, "").partition(":")[2] == marker]
-        if mine:
-            for name in mine:
-                del unbumped[name]
+        mine = _own_flags(marker)
+        changed = False
+        for name in names:
+            owners = unbumped.get(name)
+            if owners is None:
+                continue
+            kept = [owner for owner in owners if not mine(owner)]
+            if kept != owners:
+                changed = True
+                if kept:
+                    unbumped[name] = kept
+                else:
+                    del unbumped[name]
+        if changed:
             self.meta.set(_UNBUMPED, json.dumps(unbumped))
 
-    def _recover_unbumped(self, unbumped: Dict[str, str], names: Sequence[str]) -> None:
+    def _recover_unbumped(self, unbumped: Dict[str, List[str]], names: Sequence[str]) -> None:
         """Bump in the place of a dead owner: its write may have committed (a bump is always
         safe; a live owner bumps again after its commit)."""
         for name in names:
-            owner = unbumped.get(name)
-            if owner is not None and not _alive(int(owner.partition(":")[0])):
-                self.bump([name], int(time.time() * 1000), owner.partition(":")[2])
+            for owner in unbumped.get(name, ()):
+                pid, _, marker = owner.partition(":")
+                if not _alive(int(pid)):
+                    self.bump([name], int(time.time() * 1000), marker)
 
     def clear_pending(self, names: Iterable[str], marker: str) -> None:
         """Lift this invalidation's L2 flags, unless a later invalidation took them over."""
@@ -302,6 +338,10 @@ class L1Store:
                 raw, use_list=False)
         except (ValueError, TypeError) as exc:
             raise CorruptL1(f"L1 entry {key!r} is unreadable") from exc
+        if not (_all(names, str) and _all(tokens, int) and len(names) == len(tokens)
+                and type(expires_at_ms) is int and type(checked_at_ms) is int
+                and isinstance(payload, bytes)):  # readable, but not an entry this library wrote
+            raise CorruptL1(f"L1 entry {key!r} is malformed")
         return Entry(names, tokens, expires_at_ms, checked_at_ms, payload)
 
     def set(self, key: str, entry: Entry[bytes], now_ms: int) -> None:
