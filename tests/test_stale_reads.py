@@ -434,3 +434,41 @@ def test_temporary_table_shadows_only_its_connection(data, backend, connect):
         assert in_thread(lambda: scores(other), other) == [("alice", 1)]
     finally:
         data.execute_sql(f"DROP TABLE {table}")  # the temporary one
+
+
+def test_sqlite_savepoint_outside_a_transaction_is_one(tmp_path, make_cache):
+    """On SQLite a SAVEPOINT outside a transaction opens one and its RELEASE commits it: the
+    UPDATE inside is invalidated at the RELEASE, so a read from another connection meanwhile
+    can't leave the pre-commit row cached (found in review)."""
+    import threading
+
+    cache = make_cache()
+    db = CachedSqliteDatabase(str(tmp_path / "sp.db"), cache=cache,
+                              pragmas={"journal_mode": "wal"})
+
+    class Item(peewee.Model):
+        v = peewee.TextField()
+
+        class Meta:
+            database = db
+
+    db.create_tables([Item])
+    Item.create(id=1, v="orig")
+
+    def read() -> str:
+        return Item.select().where(Item.id == 1).with_cache(ex=300).get().v
+
+    seen = []
+
+    def other_connection() -> None:
+        seen.append(read())
+        db.close()
+
+    with db.savepoint():
+        Item.update(v="new").where(Item.id == 1).execute()
+        reader = threading.Thread(target=other_connection)
+        reader.start()
+        reader.join()
+    assert seen == ["orig"]                      # the savepoint had not committed yet
+    assert read() == "new"
+    db.close()

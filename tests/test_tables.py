@@ -440,7 +440,8 @@ def test_transaction_statements_skip_sqlglot(dialect: str, sql: str, monkeypatch
     ("postgres", "END", ("commit",)), ("sqlite", "end transaction", ("commit",)),
     ("postgres", "ABORT", ("rollback",)), ("mysql", "-- x\nROLLBACK WORK", ("rollback",)),
     ("postgres", "ROLLBACK TO SAVEPOINT s1", ()), ("mysql", "rollback work to s1", ()),
-    ("sqlite", 'RELEASE "s1"', ()), ("postgres", "SAVEPOINT s1", ()),
+    ("sqlite", 'RELEASE "s1"', ("release:s1",)), ("sqlite", 'SAVEPOINT "S1";', ("savepoint:s1",)),
+    ("sqlite", "RELEASE SAVEPOINT s1", ("release:s1",)), ("postgres", "SAVEPOINT s1", ()),
     ("postgres", "START TRANSACTION ISOLATION LEVEL REPEATABLE READ", ("begin",)),
     ("postgres", "begin work", ("begin",)), ("sqlite", "BEGIN EXCLUSIVE TRANSACTION", ("begin",)),
     ("mysql", "START TRANSACTION", ("commit", "begin")),  # MySQL commits an open one first

@@ -38,6 +38,8 @@ class Transaction:
     everything: bool = False
     #: token names invalidated by hand inside it: a reader may re-cache pre-commit rows meanwhile
     invalidated: Set[str] = field(default_factory=set)
+    #: the SQLite savepoint that opened it (its RELEASE commits), if a savepoint did
+    opened_by: Optional[str] = None
 
     def wrote(self, tables: FrozenSet[str], everything: bool) -> None:
         self.written |= tables

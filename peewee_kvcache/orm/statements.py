@@ -83,10 +83,14 @@ def stateful(cache: CloudflareKVCache, sessions: Sessions, session: Session, sql
     autocommitted: List[str] = []  # names it writes outside any transaction
     for step in info.steps or (info,):
         for action in step.control:
-            if action == "begin" and txn is None:
-                txn = Transaction(cache.seq(), now_ms())  # both before BEGIN is sent
-            elif action != "begin":
-                if txn is not None and action == "commit":
+            verb, _, savepoint = action.partition(":")
+            if verb in ("begin", "savepoint") and txn is None:  # both before BEGIN is sent
+                txn = Transaction(cache.seq(), now_ms(), opened_by=savepoint or None)
+            elif verb in ("savepoint", "release") and (txn is None
+                                                       or txn.opened_by != savepoint):
+                continue  # a savepoint inside the transaction: it goes on
+            elif verb != "begin":  # commit, rollback, or the RELEASE that commits (SQLite)
+                if txn is not None and verb in ("commit", "release"):
                     committed += txn.commit_names()
                 txn = None
         if step.written_tables or step.writes_unknown:

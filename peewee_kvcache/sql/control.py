@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.dialects.mysql import MySQL
+from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
@@ -68,11 +69,27 @@ def transaction(sql: str, offset: int, parser: Dialect) -> Optional[SqlInfo]:
         return unknown_write("COMMIT PREPARED") if first == "COMMIT" else _control()
     if first in ("BEGIN", "START"):  # MySQL commits an open transaction first
         return _control("commit", "begin") if isinstance(parser, MySQL) else _control("begin")
+    if first in ("SAVEPOINT", "RELEASE") and isinstance(parser, SQLite):
+        return _sqlite_savepoint(first, sql[offset:], parser)
     if first in ("SAVEPOINT", "RELEASE") or "TO" in rest:  # ROLLBACK [WORK] TO [SAVEPOINT] s
         return _control()
     ending = "commit" if first in ("COMMIT", "END") else "rollback"  # ROLLBACK, ABORT
     chained = "CHAIN" in rest and rest[rest.index("CHAIN") - 1] != "NO"  # AND CHAIN: BEGIN again
     return _control(ending, "begin") if chained else _control(ending)
+
+
+def _sqlite_savepoint(word: str, statement: str, parser: Dialect) -> SqlInfo:
+    """SQLite: a SAVEPOINT outside a transaction opens one, and the RELEASE of that savepoint
+    commits it. Actions ``savepoint:<name>`` / ``release:<name>`` (names are case-insensitive);
+    inside a transaction they change nothing."""
+    try:
+        tokens = [t for t in parser.tokenize(statement) if t.token_type != TokenType.SEMICOLON]
+    except SqlglotError:
+        return _control()
+    if len(tokens) < 2:
+        return _control()
+    name = tokens[-1].text.split()[-1].strip('"`[]').lower()  # sqlglot: RELEASE's rest is one token
+    return _control(("savepoint:" if word == "SAVEPOINT" else "release:") + name)
 
 
 def _xa(words: List[str]) -> SqlInfo:
