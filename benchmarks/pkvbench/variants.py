@@ -126,7 +126,7 @@ def stored_payload(backend: Backend, cell: Cell) -> bytes:
     if len(added) != 1:
         raise BenchmarkInvalid(f"{cell}: expected the first run to store one L1 entry, "
                                f"found {len(added)}")
-    return backend.cache.l1.get(added[0]).payload
+    return backend.cache.l1.get(added[0]).value
 
 
 def floors(backend: Backend, cell: Cell, store: diskcache.Cache) -> List[Variant]:
