@@ -19,13 +19,13 @@ import os
 import random
 import sqlite3
 import struct
-import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import diskcache
 import msgpack
 
+from ..core.config import now_ms
 from .entry import Entry
 
 _SEQ = "seq"
@@ -200,8 +200,7 @@ class L1Store:
         or :data:`OWN_FLAGS` for all of this process's."""
         names = list(names)
         with self.meta.transact():
-            self.seq()
-            token = self.meta.incr(_SEQ)
+            token = self._next_seq()
             for name in names:
                 self.meta.set("v:" + name, token)
                 if at_ms is not None:
@@ -210,6 +209,11 @@ class L1Store:
                 self._release(names, release)
         self.counter.publish(token)
         return token
+
+    def _next_seq(self) -> int:
+        """Inside a transaction: the counter's next value (recreated first if it was wiped)."""
+        self.seq()
+        return int(self.meta.incr(_SEQ))
 
     def invalidated_at(self, names: Iterable[str]) -> int:
         """When (unix ms) any of ``names`` was last invalidated as seen by this host; 0 if never."""
@@ -273,8 +277,7 @@ class L1Store:
             for name in names:  # every writer's own flag: one writer's bump can't lift another's
                 unbumped.setdefault(name, []).append(owner)
             self.meta.set(_UNBUMPED, json.dumps(unbumped))
-            self.seq()
-            seq = self.meta.incr(_SEQ)  # a new counter value tells every process to reload flags
+            seq = self._next_seq()  # a new counter value tells every process to reload flags
         self.counter.publish(seq)
 
     def _unbumped(self) -> Dict[str, List[str]]:
@@ -290,7 +293,7 @@ class L1Store:
 
     def _release(self, names: Iterable[str], marker: str) -> None:
         """Inside a transaction: drop ``marker``'s unbumped flags (other writers' flags stay).
-        ``marker`` may also be ``"pid:"`` + this pid + ``":*"``: every flag of this process."""
+        ``marker`` may also be :data:`OWN_FLAGS`: every flag of this process."""
         unbumped = self._unbumped()
         mine = _own_flags(marker)
         changed = False
@@ -315,7 +318,7 @@ class L1Store:
             for owner in unbumped.get(name, ()):
                 pid, _, marker = owner.partition(":")
                 if not _alive(int(pid)):
-                    self.bump([name], int(time.time() * 1000), marker)
+                    self.bump([name], now_ms(), marker)
 
     def clear_pending(self, names: Iterable[str], marker: str) -> None:
         """Lift this invalidation's L2 flags, unless a later invalidation took them over."""
