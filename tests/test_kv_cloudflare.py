@@ -171,6 +171,25 @@ def test_bulk_get_more_than_one_request(ns):
     assert found == {f"k{i}": (str(i).encode() if i < 250 else None) for i in range(260)}
 
 
+def test_bulk_metadata_tells_which_keys_exist(ns):
+    """Re-checks of many entries in one call: present keys with their metadata, missing as None,
+    binary values (which KV's bulk read mangles as text) do not matter."""
+    ns.bulk_put([KVPair(f"m{i}", b"\xff\x00" * 3, metadata={"c": i}) for i in range(150)]
+                + [KVPair("plain", b"v")])
+    ns.delete("m7")
+    found = ns.bulk_metadata([f"m{i}" for i in range(150)] + ["plain", "missing", "m1"])
+    assert found == {**{f"m{i}": {"c": i} for i in range(150) if i != 7}, "m7": None,
+                     "plain": {}, "missing": None}
+    assert ns.bulk_metadata([]) == {}
+
+
+def test_bulk_metadata_is_one_request_per_100_keys(client, server):
+    client.bulk_put([KVPair(f"k{i}", b"v") for i in range(250)])
+    server.reset_counts()
+    assert len(client.bulk_metadata([f"k{i}" for i in range(250)])) == 250
+    assert server.counts()["bulk_get"] == 3 and sent(server) == 3
+
+
 def test_keys_with_reserved_characters(ns):
     for key in ODD_KEYS:
         ns.put(key, b"\x01" + key.encode(), metadata={"k": key})
@@ -476,6 +495,17 @@ def test_budget_refills_over_time(server):
     assert budget.remaining() >= 1
     client.get("k")
     assert sent(server) == 3
+
+
+def test_budget_reserve_is_kept_for_work_that_must_happen():
+    budget = RequestBudget(40, 60, burst=8)  # reserve: a quarter of the burst
+    assert budget.reserve == 2 and budget.spare(6) and not budget.spare(7)
+    assert budget.try_acquire(6) and not budget.spare()  # optional work stops here...
+    assert budget.try_acquire(2)  # ...and the sweeps still get the reserve
+    with pytest.raises(ValueError, match="reserve must be below burst=8, got 8"):
+        RequestBudget(40, 60, burst=8, reserve=8)
+    with pytest.raises(ValueError, match="reserve"):
+        RequestBudget(reserve=-1)
 
 
 def test_request_budget_is_a_thread_safe_bucket():

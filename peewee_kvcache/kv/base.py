@@ -9,6 +9,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
+from .budget import RequestBudget
+
 
 class KVError(Exception):
     """A namespace operation failed; ``code`` is Cloudflare's error code where one applies."""
@@ -99,6 +101,21 @@ class KVNamespace(abc.ABC):
     @abc.abstractmethod
     def bulk_get(self, keys: Sequence[str]) -> Dict[str, Optional[bytes]]:
         """Read many keys; missing ones map to None."""
+
+    def bulk_metadata(self, keys: Sequence[str]) -> Dict[str, Optional[Mapping[str, Any]]]:
+        """Which of ``keys`` exist, each with its metadata (``{}`` when it has none; None when
+        missing): many entries re-checked in as few requests as the backend allows. This
+        default asks key by key; backends with a bulk read override it."""
+        found: Dict[str, Optional[Mapping[str, Any]]] = {}
+        for key in keys:
+            value = self.get_with_metadata(key)
+            found[key] = None if value is None else dict(value.metadata or {})
+        return found
+
+    @property
+    def budget(self) -> Optional[RequestBudget]:
+        """The request budget calls are paid from; None: unlimited (a local store)."""
+        return None
 
     @abc.abstractmethod
     def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..core import forksafe
 from . import codes, limits
@@ -212,16 +212,24 @@ class LocalKVNamespace(KVNamespace):
         return []
 
     def bulk_get(self, keys: Sequence[str]) -> Dict[str, Optional[bytes]]:
-        """Read in groups of KV's per-request maximum (which also keeps SQL parameters few)."""
+        found = dict(self._select_many("value", keys))
+        return {key: found.get(key) for key in keys}
+
+    def bulk_metadata(self, keys: Sequence[str]) -> Dict[str, Optional[Mapping[str, Any]]]:
+        found = {key: dict(_metadata(metadata) or {})
+                 for key, metadata in self._select_many("metadata", keys)}
+        return {key: found.get(key) for key in keys}
+
+    def _select_many(self, column: str, keys: Sequence[str]) -> Iterator[Tuple[str, Any]]:
+        """(key, ``column``) of the live ones among ``keys``, read in groups of KV's
+        per-request maximum (which also keeps SQL parameters few)."""
         encoded = {limits.validate_key(key): key for key in keys}
-        found: Dict[str, Optional[bytes]] = {}
         for chunk in chunked(encoded, limits.BULK_GET_MAX_KEYS):
             marks = ",".join("?" * len(chunk))
             for key, value in self._read(
-                    f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}",
+                    f"SELECT key, {column} FROM kv WHERE key IN ({marks}) AND {_LIVE}",
                     (*chunk, time.time())):
-                found[encoded[key]] = value
-        return {key: found.get(key) for key in keys}
+                yield encoded[key], value
 
     def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:
         lower = limits.validate_prefix(prefix)
