@@ -1,7 +1,8 @@
 """The KVServer's HTTP request handler: one request from the socket to its answer.
 
-Each request goes count → read body → fault → auth → ids → rate limit → operation; admin
-requests (``/__admin/``) are authenticated but neither counted, faulted nor rate limited.
+Each request goes latency → count → read body → fault → auth → ids → rate limit → operation;
+admin requests (``/__admin/``) are authenticated but neither delayed, counted, faulted nor rate
+limited.
 """
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ class Handler(BaseHTTPRequestHandler):
                 body = self._read_body(SMALL_BODY)
                 self._authenticate()
                 return self._reply(self._admin(method, url.path[len(ADMIN_PREFIX):], body))
+            if kv.latency:
+                kv.sleep(kv.latency)  # the distance to the API, before anything is answered
             found = route(method, url.path)
             if found:
                 self._endpoint = found.endpoint

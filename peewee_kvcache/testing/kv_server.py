@@ -29,18 +29,19 @@ class KVServer(ServerState):
     ``base_url`` is the API root a client's ``base_url`` takes (``http://HOST:PORT/client/v4``);
     the namespace lives under ``/accounts/{account_id}/storage/kv/namespaces/{namespace_id}``.
     ``rate_limit=(requests, per_seconds)`` answers 429 / code 971 / Retry-After past the budget
-    (a sliding window), as Cloudflare does. ``admin_url`` (``/__admin``) serves ``POST|DELETE
-    faults``, ``GET counts`` and ``POST reset`` with the same token.
+    (a sliding window), as Cloudflare does. ``latency`` (seconds, also settable while serving)
+    delays every API request, as a KV that far away would. ``admin_url`` (``/__admin``) serves
+    ``POST|DELETE faults``, ``GET counts`` and ``POST reset`` with the same token.
     """
 
     def __init__(self, data_dir: Union[str, "os.PathLike[str]"], *, host: str = "127.0.0.1",
                  port: int = 0, api_token: str = "local-dev-token",
                  account_id: str = "local-account", namespace_id: str = "local-namespace",
-                 rate_limit: Optional[Tuple[int, float]] = None) -> None:
+                 rate_limit: Optional[Tuple[int, float]] = None, latency: float = 0.0) -> None:
         if not is_loopback(host):
             raise ValueError(f"KVServer binds to loopback only, not {host!r}")
         super().__init__(data_dir, api_token=api_token, account_id=account_id,
-                         namespace_id=namespace_id, rate_limit=rate_limit)
+                         namespace_id=namespace_id, rate_limit=rate_limit, latency=latency)
         self.host = host
         self._requested_port = port
         self._httpd: Optional[KVHTTPServer] = None

@@ -1,5 +1,5 @@
 """What a KVServer's request threads share: the identity they check, the store they serve, and
-the test controls (request counts, injected faults, the rate limit)."""
+the test controls (request counts, injected faults, the rate limit, a standing latency)."""
 from __future__ import annotations
 
 import os
@@ -16,9 +16,10 @@ class ServerState:
 
     def __init__(self, data_dir: Union[str, "os.PathLike[str]"], *, api_token: str,
                  account_id: str, namespace_id: str,
-                 rate_limit: Optional[Tuple[int, float]]) -> None:
+                 rate_limit: Optional[Tuple[int, float]], latency: float = 0.0) -> None:
         if not api_token or not account_id or not namespace_id:
             raise ValueError("api_token, account_id and namespace_id must not be empty")
+        self.latency = latency
         self.rate = RateLimit(rate_limit)
         self.api_token, self.rate_limit = api_token, rate_limit
         self.account_id, self.namespace_id = account_id, namespace_id
@@ -26,6 +27,20 @@ class ServerState:
         self.faults = FaultQueue()
         self.traffic = EndpointCounts()
         self._stopping = threading.Event()
+
+    @property
+    def latency(self) -> float:
+        """Seconds every API request waits before it is handled, for as long as it is set: a KV
+        that far away (Cloudflare's REST API from outside Cloudflare is tens of ms). Settable
+        while serving; ``reset()`` keeps it. One-off delays are ``Fault("latency")``."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        if type(seconds) not in (int, float) or not 0 <= seconds <= 3600:
+            raise ValueError(f"latency must be a number of seconds from 0 to 3600, "
+                             f"got {seconds!r}")
+        self._latency = float(seconds)
 
     @property
     def stopping(self) -> bool:
