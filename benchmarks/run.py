@@ -17,7 +17,6 @@ import gc
 import os
 import platform
 import sqlite3
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from dogpile.cache.region import CacheRegion
 
 from pkvbench import peer
 from pkvbench.extras import invalidation, kv_requests, throughput
+from pkvbench.machine import code_revision, cpu_model
 from pkvbench.report import CellResult, Report, plot, render
 from pkvbench.timing import Budget, Series, Variant, measure
 from pkvbench.variants import UNCACHED, Cell, check_rows, floors, hand_rolled, ours, prime
@@ -112,30 +112,6 @@ def measure_cells(env: Environment, mode: Mode) -> List[CellResult]:
     finally:
         memo.close()
         floor_store.close()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def code_revision() -> str:
-    """The commit measured, and whether the package had uncommitted changes (read-only git)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(HERE.parent), *args], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        changed = git("status", "--porcelain", "--", "peewee_kvcache").splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return commit + (f" + uncommitted changes in {len(changed)} package files" if changed else "")
 
 
 def machine_facts(env: Environment) -> List[Tuple[str, str]]:

@@ -3,12 +3,12 @@
 marked PASS or FAIL as measured."""
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .extras import READERS, RequestRow, ThroughputRow
+from .markdown import Target, above, at_least, at_most, below, fmt_us, table
 from .peer import PEER_HIT, PEER_UNCACHED
 from .timing import Series
 from .variants import (DOGPILE, FLOOR, FLOOR_SQL, L1_DISK, L1_HIT, L2_HIT, MEM_FLOOR_SQL, MEMOIZE,
@@ -44,32 +44,6 @@ class Report:
     throughput: List[ThroughputRow]
 
 
-@dataclass(frozen=True)
-class Target:
-    symbol: str
-    compare: Callable[[float, float], bool]
-    threshold: float
-
-    def check(self, value: float) -> str:
-        return "PASS" if self.compare(value, self.threshold) else "FAIL"
-
-
-def at_most(x: float) -> Target:
-    return Target("≤", operator.le, x)
-
-
-def at_least(x: float) -> Target:
-    return Target("≥", operator.ge, x)
-
-
-def below(x: float) -> Target:
-    return Target("<", operator.lt, x)
-
-
-def above(x: float) -> Target:
-    return Target(">", operator.gt, x)
-
-
 def _speedup(m: Medians) -> float:
     return m[UNCACHED] / m[L1_HIT]
 
@@ -102,31 +76,15 @@ RATIOS = [
 ]
 
 
-def fmt_us(value: float) -> str:
-    """Three significant figures at most, thousands separated: 3.21, 45.6, 789, 12,300."""
-    if value >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
-
-
-def _table(header: Sequence[str], rows: List[Sequence[str]], text_columns: int = 3) -> str:
-    """A markdown table: the first ``text_columns`` left-aligned, numbers right-aligned."""
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---" if i < text_columns else "---:"
-                            for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _key(cell: Cell) -> List[str]:
     return [cell.backend, cell.shape, f"{cell.size:,}"]
 
 
-def latency_table(cells: List[CellResult], statistic: str) -> str:
+def latencytable(cells: List[CellResult], statistic: str) -> str:
     """Per cell, ``statistic`` ("median" or "p95") of every variant in µs, and the rounds."""
     rows = [_key(c.cell) + [fmt_us(getattr(c.series[name], statistic)) for name in LATENCY_COLUMNS]
             + [str(c.rounds)] for c in cells]
-    return _table(["backend", "shape", "rows"] + LATENCY_COLUMNS + ["rounds"], rows)
+    return table(["backend", "shape", "rows"] + LATENCY_COLUMNS + ["rounds"], rows)
 
 
 def _ratio_cell(ratio: Ratio, medians: Medians) -> str:
@@ -141,9 +99,9 @@ def _ratio_header(ratio: Ratio) -> str:
     return f"{ratio.header} ({ratio.target.symbol} {ratio.target.threshold:g})"
 
 
-def ratio_table(cells: List[CellResult]) -> str:
+def ratiotable(cells: List[CellResult]) -> str:
     rows = [_key(c.cell) + [_ratio_cell(r, c.medians) for r in RATIOS] for c in cells]
-    return _table(["backend", "shape", "rows"] + [_ratio_header(r) for r in RATIOS], rows)
+    return table(["backend", "shape", "rows"] + [_ratio_header(r) for r in RATIOS], rows)
 
 
 def target_summary(cells: List[CellResult]) -> str:
@@ -156,15 +114,15 @@ def target_summary(cells: List[CellResult]) -> str:
     return "; ".join(parts)
 
 
-def requests_table(rows: List[RequestRow]) -> str:
+def requeststable(rows: List[RequestRow]) -> str:
     body = [[r.operation, str(r.ops), f"{r.per_op:.2f}",
              ", ".join(f"{k} {v / r.ops:.2f}" for k, v in sorted(r.counts.items())) or "none",
              f"{r.latency_ms:.3g}"] for r in rows]
-    return _table(["operation", "ops", "KV requests / op", "by endpoint / op",
+    return table(["operation", "ops", "KV requests / op", "by endpoint / op",
                    "latency ms (median)"], body, text_columns=1)
 
 
-def throughput_table(rows: List[ThroughputRow]) -> str:
+def throughputtable(rows: List[ThroughputRow]) -> str:
     body = []
     for r in rows:
         ratio = "" if r.hit_ratio is None else f"{r.hit_ratio:.0%}"
@@ -172,7 +130,7 @@ def throughput_table(rows: List[ThroughputRow]) -> str:
                      f"{r.reads / r.seconds:,.0f}", f"{r.writes / r.seconds:,.0f}", ratio,
                      str(r.faults) if r.cached else "", f"{r.kv_requests / r.seconds:,.0f}",
                      f"{r.drain_seconds:.2f}" if r.cached else ""])
-    return _table(["backend", "cache", "writes update", "reads/s", "writes/s",
+    return table(["backend", "cache", "writes update", "reads/s", "writes/s",
                    "reads served from cache", "cache faults", "KV requests/s", "drain after, s"],
                   body)
 
@@ -219,25 +177,25 @@ def render(report: Report) -> str:
 {DESCRIPTION}
 ## Latency per operation, median µs
 
-{latency_table(report.cells, "median")}
+{latencytable(report.cells, "median")}
 
 ## Ratios and targets (medians of the same run)
 
-{ratio_table(report.cells)}
+{ratiotable(report.cells)}
 
 Targets: {target_summary(report.cells)}.
 
 ## Latency per operation, p95 µs
 
-{latency_table(report.cells, "p95")}
+{latencytable(report.cells, "p95")}
 
 ## KV requests per operation (1-row `select`, server-side counts)
 
-{requests_table(report.requests)}
+{requeststable(report.requests)}
 
 ## Throughput, {READERS} readers + 1 writer
 
-{throughput_table(report.throughput)}
+{throughputtable(report.throughput)}
 """
 
 
