@@ -142,10 +142,10 @@ def test_a_failed_notify_is_logged_with_its_type_and_message(make_cache, pg_sche
     """A NOTIFY that failed was logged without saying why (the reason only at DEBUG)."""
     db = FailingNotify("test", cache=make_cache(), options=f"-c search_path={pg_schema}", **PG)
     db.bind([User], bind_refs=False, bind_backrefs=False)
-    db.create_tables([User])
     try:
         with caplog.at_level(logging.WARNING, logger="peewee_kvcache"):
-            User.create(name="bob")  # an autocommit write: invalidated, then announced
+            db.create_tables([User])  # DDL: its NOTIFY is a statement of its own, after it
+            User.create(name="bob")
         assert User.select().count() == 1
     finally:
         db.drop_tables([User])

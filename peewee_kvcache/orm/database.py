@@ -29,7 +29,7 @@ from ..sql.analysis import analyze_sql
 from . import statements
 from .connection import Session, Sessions, Transaction
 from .keys import Keys, dialect_of
-from .notify import PostgresNotifications
+from .notify import NotifyInline, PostgresNotifications
 from .query import CacheOptions, options_for
 
 #: the database and options of the select whose ``execute()`` runs in this thread (or task);
@@ -148,8 +148,11 @@ class CachedDatabase:
         if txn is not None:
             txn.invalidated.update(names)
 
-    def _kv_broadcast(self, names: Sequence[str]) -> None:
-        """Tell other hosts' L1s about a write; only PostgreSQL can (see notify.py)."""
+    def _kv_broadcast(self, names: Sequence[str], send: statements.Send,
+                      where: str) -> statements.Send:
+        """``send``, made to tell other hosts' L1s about ``names`` when its statement's
+        transaction commits; only PostgreSQL can (see notify.py)."""
+        return send
 
     def _kv_before_read(self) -> None:
         """Hook before a lookup; PostgreSQL starts its NOTIFY listener here."""
@@ -159,11 +162,12 @@ class CachedSqliteDatabase(CachedDatabase, peewee.SqliteDatabase):
     """SQLite with the cache."""
 
 
-class CachedPostgresqlDatabase(PostgresNotifications, CachedDatabase, peewee.PostgresqlDatabase):
+class CachedPostgresqlDatabase(PostgresNotifications, CachedDatabase, NotifyInline,
+                               peewee.PostgresqlDatabase):
     """PostgreSQL with the cache."""
 
 
-class CachedPooledPostgresqlDatabase(PostgresNotifications, CachedDatabase,
+class CachedPooledPostgresqlDatabase(PostgresNotifications, CachedDatabase, NotifyInline,
                                      PooledPostgresqlDatabase):
     """Pooled PostgreSQL with the cache."""
 

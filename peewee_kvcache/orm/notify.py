@@ -1,22 +1,34 @@
 """Cross-host L1 eviction over PostgreSQL LISTEN/NOTIFY.
 
 Another host's invalidation deletes L2 entries but cannot reach this host's L1. On PostgreSQL the
-writer therefore also sends ``pg_notify``: inside its transaction (delivered exactly when the
-commit is, never for a rollback), or right after an autocommit write; a listener thread in every
-process bumps the named tokens in its own L1. Without it (or when a notification is lost, e.g. a
-crash between an autocommit write and its NOTIFY) ``l1_max_age`` still bounds staleness.
+writer therefore also sends ``pg_notify``, inside the transaction that commits the write, so it is
+delivered exactly when the write commits and never for a rollback or a failed statement; a
+listener thread in every process bumps the named tokens in its own L1. Without it (or when a
+notification is lost) ``l1_max_age`` still bounds staleness.
 
-:class:`PostgresNotifications` mixes both into a PostgreSQL database class; it overrides only
-the two hooks :class:`~.database.CachedDatabase` offers (``_kv_broadcast``, ``_kv_before_read``).
+The notification travels in the write's own round trip: ``SELECT pg_notify(...);`` goes in front
+of the statement's text, and a multi-statement simple query (psycopg2 sends one) runs as one
+transaction whose result is the last statement's (rows, ``rowcount``, ``RETURNING``). An
+autocommit write is then one implicit transaction with its notification; a COMMIT is sent as
+``SELECT pg_notify(...); COMMIT``. Where that can't be done (psycopg 3 binds parameters on the
+server, which allows one statement only; DDL and unknown writes may refuse a transaction block,
+e.g. ``CREATE INDEX CONCURRENTLY``), the notification is a statement of its own: before a
+COMMIT, after an autocommit write.
+
+:class:`PostgresNotifications` mixes the hooks :class:`~.database.CachedDatabase` offers
+(``_kv_broadcast``, ``_kv_before_read``) into a PostgreSQL database class, above it;
+:class:`NotifyInline` sits below it, right above Peewee's class, and puts the notification into
+the statement Peewee sends.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import select
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import peewee
 
@@ -28,6 +40,24 @@ log = logging.getLogger("peewee_kvcache")
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 MAX_PAYLOAD = 7900
 
+Send = Callable[[], Any]
+
+#: Where a write's notification goes (see :meth:`PostgresNotifications._kv_broadcast`): in the
+#: statement, else after it (an autocommit write); in the statement, else before it (a statement
+#: that commits a transaction); in a statement of its own after it (a write that may refuse to run
+#: in a transaction block).
+WITH, WITH_COMMIT, AFTER = "with", "with-commit", "after"
+
+#: SQLSTATEs with which PostgreSQL refuses a notification: no EXECUTE on pg_notify (42501), the
+#: NOTIFY queue full at commit (54000)
+_REFUSED = ("42501", "54000")
+_TXN_IDLE, _TXN_INERROR = 0, 3  # psycopg2.extensions.TRANSACTION_STATUS_IDLE / _INERROR
+
+#: the notification the next statement a database sends in this context carries: (the database,
+#: its channel, the payload); set around one send by PostgresNotifications, taken by NotifyInline
+_CARRIED: "contextvars.ContextVar[Optional[Tuple[Any, str, str]]]" = contextvars.ContextVar(
+    "peewee_kvcache_notify", default=None)
+
 
 def payload(origin: str, names: Sequence[str], everything: str) -> str:
     """JSON payload; a list too long for NOTIFY degrades to "everything"."""
@@ -35,6 +65,25 @@ def payload(origin: str, names: Sequence[str], everything: str) -> str:
     if len(text.encode()) > MAX_PAYLOAD:
         text = json.dumps({"o": origin, "n": [everything]}, separators=(",", ":"))
     return text
+
+
+def inline(sql: str, params: Any, channel: str, text: str) -> Tuple[str, Any]:
+    """``sql`` and ``params`` with ``pg_notify(channel, text)`` in front, in the same text.
+
+    Peewee always lets psycopg2 interpolate (it passes ``params or ()``), so the statement's own
+    ``%`` are already escaped and the notification's values can be parameters too: positional in
+    front of a sequence, named beside a mapping."""
+    if isinstance(params, Mapping) and params:
+        named = {**params, "pkv_notify_channel": channel, "pkv_notify_payload": text}
+        return ("SELECT pg_notify(%(pkv_notify_channel)s, %(pkv_notify_payload)s); " + sql,
+                named)
+    return "SELECT pg_notify(%s, %s); " + sql, (channel, text, *(params or ()))
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether PostgreSQL's error may be its refusal of the notification (Peewee keeps the
+    driver's exception as ``orig``)."""
+    return getattr(getattr(exc, "orig", None), "pgcode", None) in _REFUSED
 
 
 def parse(text: str) -> Optional[Dict[str, Any]]:
@@ -154,15 +203,47 @@ class PostgresNotifications:
         forksafe.renew_locks(self, "_kv_listener_lock")
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
-    def _kv_broadcast(self, names: Sequence[str]) -> None:
+    def _kv_broadcast(self, names: Sequence[str], send: Send, where: str) -> Send:
+        """``send`` made to notify other hosts of ``names`` exactly when its statement's
+        transaction commits; ``where``: :data:`WITH`, :data:`WITH_COMMIT` or :data:`AFTER`."""
         if not (self._kv_notify and names):
-            return
+            return send
         cache = self.cache  # type: ignore[attr-defined]
+        carried = (self, cache.channel, payload(cache.origin, names, EVERYTHING))
+        if where == AFTER or not self._kv_inline():
+            return self._kv_apart(carried[1:], send, before=where == WITH_COMMIT)
+
+        def carrying() -> Any:
+            token = _CARRIED.set(carried)  # NotifyInline takes it into the statement
+            try:
+                return send()
+            finally:
+                _CARRIED.reset(token)
+        return carrying
+
+    def _kv_apart(self, notification: Tuple[str, str], send: Send, before: bool) -> Send:
+        """``send`` and the notification as a statement of its own, before or after it (after
+        also when it failed: a statement outside a transaction block may have changed rows)."""
+        def apart() -> Any:
+            if before:
+                self._kv_notify_now(notification)
+                return send()
+            try:
+                return send()
+            finally:
+                self._kv_notify_now(notification)
+        return apart
+
+    def _kv_notify_now(self, notification: Tuple[str, str]) -> None:
         try:
-            self._run("SELECT pg_notify(%s, %s)",  # type: ignore[attr-defined]
-                      (cache.channel, payload(cache.origin, names, EVERYTHING)))
+            self._run("SELECT pg_notify(%s, %s)", notification)  # type: ignore[attr-defined]
         except peewee.PeeweeException as exc:  # l1_max_age still bounds other hosts' staleness
             log.warning("peewee_kvcache: NOTIFY failed (%s: %s)", type(exc).__name__, exc)
+
+    def _kv_inline(self) -> bool:
+        """psycopg2 interpolates on the client, so one text may hold two statements; psycopg 3
+        (Peewee 4 may use it) binds parameters on the server: one statement only."""
+        return type(getattr(self, "_adapter", None)).__name__ != "Psycopg3Adapter"
 
     def _kv_before_read(self) -> None:
         listener = self._kv_listener
@@ -187,3 +268,43 @@ class PostgresNotifications:
     def stop_listener(self) -> None:
         if self._kv_listener is not None:
             self._kv_listener.stop()
+
+
+class NotifyInline:
+    """Puts the notification :class:`PostgresNotifications` carries into the statement the
+    database sends next, in the same round trip. Mix in below
+    :class:`~.database.CachedDatabase`, right above Peewee's PostgreSQL class."""
+
+    def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        carried = _CARRIED.get()
+        if carried is None or carried[0] is not self:
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        _CARRIED.set(None)  # one statement carries it
+        conn = None if self.is_closed() else self._state.conn  # type: ignore[attr-defined]
+        status = _TXN_IDLE if conn is None else conn.get_transaction_status()
+        if status == _TXN_INERROR:
+            # an aborted transaction: nothing this statement does can commit, nothing to tell
+            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        try:
+            return super().execute_sql(*inline(sql, params, *carried[1:]),  # type: ignore[misc]
+                                       *args, **kwargs)
+        except peewee.DatabaseError as exc:
+            after = self._state.conn.get_transaction_status()  # type: ignore[attr-defined]
+            if not (status == after == _TXN_IDLE and _refused(exc)):
+                raise
+            refusal = exc
+        # No transaction was open, and the one this text ran in rolled back: the statement had
+        # no effect. Send it alone (should it fail again, its own error is the one to raise).
+        cursor = super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        log.warning("peewee_kvcache: NOTIFY failed (%s: %s); the statement was sent without it",
+                    type(refusal).__name__, refusal)
+        return cursor
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        """COMMIT through :meth:`execute_sql` when it carries a notification (Peewee's own
+        sends a bare COMMIT on a cursor)."""
+        carried = _CARRIED.get()
+        if carried is None or carried[0] is not self or self.is_closed():  # type: ignore
+            return super().commit(*args, **kwargs)  # type: ignore[misc]
+        NotifyInline.execute_sql(self, "COMMIT")
+        return None

@@ -3,8 +3,9 @@ through ``cache.write``, and transaction control and session changes update the 
 state (connection.py) before they are sent.
 
 The database's hooks (database.py) analyse the statement and resolve the connection's session;
-these functions take both, plus ``send`` (the statement, sent by Peewee) and ``broadcast`` (tell
-other hosts' L1s, see notify.py), and hand over to the cache. They never call back into Peewee.
+these functions take both, plus ``send`` (the statement, sent by Peewee) and ``broadcast`` (which
+makes ``send`` tell other hosts' L1s, see notify.py), and hand over to the cache. They never call
+back into Peewee.
 """
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from ..sql.info import SqlInfo
 from .connection import Session, Sessions, Transaction
 from .cursor import CachedCursor
 from .keys import result_key
+from .notify import AFTER, WITH, WITH_COMMIT, Send
 from .query import CacheOptions
 
 log = logging.getLogger("peewee_kvcache")
 
-Send = Callable[[], Any]
-Broadcast = Callable[[Sequence[str]], None]
+#: ``broadcast(names, send, where)``: ``send`` made to tell other hosts' L1s about ``names``
+#: exactly when its statement's transaction commits (see notify.py for ``where``)
+Broadcast = Callable[[Sequence[str], Send, str], Send]
 
 
 def cacheable(cache: CloudflareKVCache, info: SqlInfo) -> bool:
@@ -66,10 +69,10 @@ def write(cache: CloudflareKVCache, session: Optional[Session], info: SqlInfo, s
         txn.wrote(tables, info.writes_unknown)
         return send()
     names = write_names(tables, info.writes_unknown)
-    try:
-        return cache.write(names, send)
-    finally:  # even a failed write may have changed rows (a server-side partial effect)
-        broadcast(names)
+    # a DML statement carries its notification; DDL and unknown writes may refuse to run in a
+    # transaction block (CREATE INDEX CONCURRENTLY, CALL with COMMIT): theirs follows them
+    where = WITH if info.kind == "write" and not info.writes_unknown else AFTER
+    return cache.write(names, broadcast(names, send, where))
 
 
 def stateful(cache: CloudflareKVCache, sessions: Sessions, session: Session, sql: str,
@@ -102,14 +105,15 @@ def stateful(cache: CloudflareKVCache, sessions: Sessions, session: Session, sql
         if step.session:
             sessions.changed(session, step.session, sql, params, txn is not None)
     session.txn = txn
+    # the writes it commits are announced inside the transaction that commits them; those made
+    # outside any transaction (e.g. "COMMIT; UPDATE t") after the statement
+    announced = broadcast(autocommitted, broadcast(committed, send, WITH_COMMIT), AFTER)
     try:
-        return cache.write(committed + autocommitted, _announced(committed, send, broadcast))
+        return cache.write(committed + autocommitted, announced)
     except BaseException:
         ended = "commit" in info.control or "rollback" in info.control
         session.txn = None if ended else before
         raise
-    finally:  # even a failed statement may have committed or written
-        broadcast(autocommitted)
 
 
 def commit(cache: CloudflareKVCache, session: Optional[Session], send: Send,
@@ -117,7 +121,7 @@ def commit(cache: CloudflareKVCache, session: Optional[Session], send: Send,
     """End the connection's transaction and send COMMIT, invalidating what it changed: a
     failed COMMIT invalidates too (always safe)."""
     names = end(session)
-    return cache.write(names, _announced(names, send, broadcast))
+    return cache.write(names, broadcast(names, send, WITH_COMMIT))
 
 
 def end(session: Optional[Session]) -> List[str]:
@@ -126,11 +130,3 @@ def end(session: Optional[Session]) -> List[str]:
     txn = session.end() if session is not None else None
     return txn.commit_names() if txn is not None else []
 
-
-def _announced(names: Sequence[str], send: Send, broadcast: Broadcast) -> Send:
-    """``send`` preceded by the broadcast of ``names``: inside the transaction, so delivered
-    with its commit, never for a rollback."""
-    def announce_and_send() -> Any:
-        broadcast(names)
-        return send()
-    return announce_and_send
