@@ -9,7 +9,7 @@ from peewee import SQL, CharField, ForeignKeyField, IntegerField, Model, Select,
 from peewee_kvcache.sql.analysis import analyze_sql
 from peewee_kvcache.sql.cascades import cascade_closure
 from peewee_kvcache.sql.info import OPAQUE, SqlInfo
-from peewee_kvcache.sql.lexer import DIALECTS as SQLGLOT_DIALECTS
+from peewee_kvcache.sql.dialects import DIALECTS as SQLGLOT_DIALECTS
 from peewee_kvcache.sql.tables import table_names_in
 
 DATABASES: Dict[str, peewee.Database] = {

@@ -1,8 +1,11 @@
 """What a SQL statement (or a ``;`` batch) does: the entry point of the SQL analysis.
 
 One parser answers each question, whatever the statement: transaction control and session
-statements (control.py), tables read and written (tables.py), volatile functions (volatile.py).
-Cascades through foreign keys (cascades.py) are the caller's step, for writes only.
+statements (control.py), tables read and written and volatile functions (parsed.py). Cascades
+through foreign keys (cascades.py) are the caller's step, for writes only.
+
+This module imports sqlglot: the database reaches it through memo.py, on the first SQL text that
+needs a parse, so that ``import peewee_kvcache`` does not pay for sqlglot.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
 from .control import SESSION_WORDS, TRANSACTION_WORDS, session_key, transaction
+from .dialects import DIALECTS, keyword
 from .info import SqlInfo, combine, unknown_write
-from .lexer import DIALECTS, first_word, keyword, leading_words
-from .tables import classify, rename
+from .lexer import first_word, leading_words
+from .parsed import classify, rename
 
 log = logging.getLogger("peewee_kvcache")
 

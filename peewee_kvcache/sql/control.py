@@ -14,8 +14,9 @@ from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Token, TokenType
 
+from .dialects import keyword
 from .info import OPAQUE, SqlInfo, unknown_write
-from .lexer import keyword, leading_words
+from .lexer import leading_words
 
 # First keywords settled without sqlglot: Peewee sends these constantly and sqlglot mis-parses some.
 TRANSACTION_WORDS = frozenset({
