@@ -11,7 +11,7 @@ import pytest
 
 from peewee_kvcache import CachedDatabase, CachedPostgresqlDatabase, with_cache
 from peewee_kvcache.orm import query as query_module
-from peewee_kvcache.sql import analysis
+from peewee_kvcache.sql import analysis, memo
 from peewee_kvcache.sql.analysis import analyze_sql
 
 from .conftest import PG
@@ -118,6 +118,7 @@ def test_a_query_survives_a_fault_in_the_sql_analysis(recording, cache, monkeypa
     def broken(statement: Any) -> Any:
         raise KeyError("no such node")
 
+    memo.texts("sqlite").clear()
     analyze_sql.cache_clear()
     monkeypatch.setattr(analysis, "classify", broken)
     try:
@@ -125,6 +126,7 @@ def test_a_query_survives_a_fault_in_the_sql_analysis(recording, cache, monkeypa
             assert [user.name for user in User.select().with_cache(ex=60)] == ["ann"]
     finally:
         monkeypatch.undo()
+        memo.texts("sqlite").clear()
         analyze_sql.cache_clear()
     assert cache.get_stats().stores == 0
     assert any(record.levelno == logging.WARNING and "KeyError: 'no such node'" in

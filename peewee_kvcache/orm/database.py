@@ -2,7 +2,8 @@
 
 Like playhouse's ``ReconnectMixin`` it only overrides hooks, each calling ``super()``: Peewee's own
 ``execute`` builds the SQL and calls ``execute_sql``, where every statement (query objects and raw
-SQL alike) is analysed (sql/analysis.py) and routed (statements.py). Reads: ``execute(query)``
+SQL alike) is analysed (sql/analysis.py, memoised per text by sql/memo.py) and routed
+(statements.py). Reads: ``execute(query)``
 remembers, for the duration of Peewee's ``execute``, the options of a select to cache; its
 statement then goes through ``cache.read``. Writes: the tables a statement changes (plus those
 its cascading foreign keys change) are invalidated: right after it in autocommit; inside a
@@ -25,7 +26,7 @@ from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 
 from ..cache.facade import CloudflareKVCache
 from ..core.config import now_ms
-from ..sql.analysis import analyze_sql
+from ..sql import memo
 from . import statements
 from .connection import Session, Sessions, Transaction
 from .keys import Keys, dialect_of
@@ -66,6 +67,7 @@ class CachedDatabase:
         self.cache = cache
         cache.on_invalidate(self._kv_defer_to_commit)
         self._kv_dialect = dialect_of(self)  # type: ignore[arg-type]
+        self._kv_texts = memo.texts(self._kv_dialect)
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
     def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
@@ -85,7 +87,9 @@ class CachedDatabase:
             _READING.reset(token)
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        info = analyze_sql(sql, self._kv_dialect)
+        info = self._kv_texts.get(sql)
+        if info is None:
+            info = memo.remember(self._kv_texts, sql, memo.parse(sql, self._kv_dialect))
         reading = _READING.get()
         if reading is not None and reading[0] is self and info.kind == "select":
             _READING.set(None)  # one statement per execute(): a later one is not this select

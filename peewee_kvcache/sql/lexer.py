@@ -1,11 +1,29 @@
-"""Keyword scanning done without sqlglot.
+"""Keyword scanning done without sqlglot, and the normal form raw SQL is memoised under.
 
 Transaction and session statements are recognised by their leading keywords (past comments and
-parentheses): Peewee sends them constantly, and sqlglot mis-parses some.
+parentheses): Peewee sends them constantly, and sqlglot mis-parses some. Raw SQL with an IN list
+or a multi-row VALUES is memoised under its text with each such list cut to one element
+(:func:`normal_form`): its tables, its volatility and its effect on the session are those of any
+other length, and a new length must not cost a new parse.
 """
 from __future__ import annotations
 
+import re
 from typing import List, Tuple
+
+_PLACEHOLDER = r"(?:\?|%s)"
+_ROW = rf"\(\s*{_PLACEHOLDER}(?:\s*,\s*{_PLACEHOLDER})*\s*\)"
+_NOT_AFTER = r"(?<![\w$.\"`\]])"  # a whole keyword, not the end of a name
+#: ``IN (?, ?, ?)`` -> ``IN (?)``
+_IN_LIST = re.compile(rf"{_NOT_AFTER}(IN\s*\(\s*{_PLACEHOLDER})(?:\s*,\s*{_PLACEHOLDER})+(?=\s*\))",
+                      re.IGNORECASE)
+#: ``VALUES (?, ?), (?, ?)`` -> ``VALUES (?, ?)``; ``IN ((?, ?), (?, ?))`` -> ``IN ((?, ?))``
+_ROWS = re.compile(rf"{_NOT_AFTER}((?:VALUES\s*|IN\s*\(\s*){_ROW})(?:\s*,\s*{_ROW})+",
+                   re.IGNORECASE)
+#: what the lists are never cut inside: quoted names, strings, comments
+_QUOTED = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]"""
+                     r"""|--[^\n]*|/\*.*?\*/)""", re.DOTALL)
+_UNSURE = ("\\", "$")  # backslash escapes, dollar quoting: where a quote ends is not plain to see
 
 
 def first_word(sql: str) -> Tuple[str, int]:
@@ -36,3 +54,18 @@ def leading_words(sql: str, offset: int, count: int) -> List[str]:
         words.append(word)
         offset += start + len(word)
     return words
+
+
+def normal_form(sql: str) -> str:
+    """``sql`` with every IN list of placeholders and every multi-row VALUES of placeholder rows
+    cut to its first element, outside quotes and comments; ``sql`` itself when where quotes end is
+    in any doubt (a backslash, a ``$``, an unclosed quote)."""
+    if any(char in sql for char in _UNSURE):
+        return sql
+    parts = _QUOTED.split(sql)  # even indexes are outside quotes and comments
+    for i in range(0, len(parts), 2):
+        outside = parts[i]
+        if any(mark in outside for mark in ("'", '"', "`", "[", "/*")):
+            return sql  # a quote or comment left open
+        parts[i] = _IN_LIST.sub(r"\1", _ROWS.sub(r"\1", outside))
+    return "".join(parts)
