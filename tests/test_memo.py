@@ -86,14 +86,16 @@ def test_an_unknown_dialect_is_refused() -> None:
     ("SELECT a FROM t WHERE b IN (?, ?, ?)", "SELECT a FROM t WHERE b IN (?)"),
     ("SELECT a FROM t WHERE b NOT IN (%s,%s)", "SELECT a FROM t WHERE b NOT IN (%s)"),
     ("select a from t where b in ( ? , ? )", "select a from t where b in ( ? )"),
-    ("SELECT a FROM t WHERE (b, c) IN ((?, ?), (?, ?))", "SELECT a FROM t WHERE (b, c) IN ((?, ?))"),
+    ("SELECT a FROM t WHERE (b, c) IN ((?, ?), (?, ?))",
+     "SELECT a FROM t WHERE (b, c) IN ((?, ?))"),
     ("INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?)", "INSERT INTO t (a, b) VALUES (?, ?)"),
     ('SELECT "x" FROM "t" WHERE "y" IN (?, ?) AND "z" IN (?, ?, ?)',
      'SELECT "x" FROM "t" WHERE "y" IN (?) AND "z" IN (?)'),
     # a function's arguments are no list: SQLite's strftime(f) alone means "now"
     ("SELECT strftime(?, ?) FROM t", "SELECT strftime(?, ?) FROM t"),
     ("SELECT a FROM t WHERE b IN (?, 1)", "SELECT a FROM t WHERE b IN (?, 1)"),
-    ("SELECT a FROM t WHERE b IN (SELECT c FROM u)", "SELECT a FROM t WHERE b IN (SELECT c FROM u)"),
+    ("SELECT a FROM t WHERE b IN (SELECT c FROM u)",
+     "SELECT a FROM t WHERE b IN (SELECT c FROM u)"),
     # never inside quoted names, strings or comments
     ('SELECT a FROM "x IN (?, ?)"', 'SELECT a FROM "x IN (?, ?)"'),
     ("SELECT 'y IN (?, ?)' FROM t WHERE b IN (?, ?)", "SELECT 'y IN (?, ?)' FROM t WHERE b IN (?)"),

@@ -2,10 +2,11 @@
 
 Like playhouse's ``ReconnectMixin`` it only overrides hooks, each calling ``super()``: Peewee's own
 ``execute`` builds the SQL and calls ``execute_sql``, where every statement (query objects and raw
-SQL alike) is analysed (sql/analysis.py, memoised per text by sql/memo.py) and routed
-(statements.py). Reads: ``execute(query)``
-remembers, for the duration of Peewee's ``execute``, the options of a select to cache; its
-statement then goes through ``cache.read``. Writes: the tables a statement changes (plus those
+SQL alike) is analysed and routed (statements.py). ``execute(query)`` remembers its query object
+(and, for a select to cache, its options) for the duration of Peewee's ``execute``: a SQL text
+met for the first time is then read from the query's tree (tree.py) instead of parsed
+(sql/analysis.py, for raw SQL), and every text's analysis is memoised (sql/memo.py). Reads: a
+select to cache goes through ``cache.read``. Writes: the tables a statement changes (plus those
 its cascading foreign keys change) are invalidated: right after it in autocommit; inside a
 transaction at COMMIT (until then its reads of those tables bypass the cache), before Peewee runs
 the user's after-commit callbacks.
@@ -27,16 +28,18 @@ from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 from ..cache.facade import CloudflareKVCache
 from ..core.config import now_ms
 from ..sql import memo
+from ..sql.info import SqlInfo
 from . import statements
 from .connection import Session, Sessions, Transaction
 from .keys import Keys, dialect_of
 from .notify import NotifyInline, PostgresNotifications
 from .query import CacheOptions, options_for
+from .tree import analyze_query
 
-#: the database and options of the select whose ``execute()`` runs in this thread (or task);
-#: taken by the first SELECT that database's ``execute_sql`` sees
-_READING: "contextvars.ContextVar[Optional[Tuple[Any, CacheOptions]]]" = contextvars.ContextVar(
-    "peewee_kvcache_reading", default=None)
+#: the database, query object and cache options (None: not a select to cache) of the ``execute()``
+#: running in this thread (or task); taken by that database's next ``execute_sql``, its statement
+_EXECUTING: "contextvars.ContextVar[Optional[Tuple[Any, Any, Optional[CacheOptions]]]]" = (
+    contextvars.ContextVar("peewee_kvcache_executing", default=None))
 
 
 def _close_elsewhere(cache: CloudflareKVCache) -> None:
@@ -77,26 +80,27 @@ class CachedDatabase:
                                      pooled=isinstance(self, PooledDatabase))
 
     def execute(self, query: Any, *args: Any, **context_options: Any) -> Any:
-        options = options_for(query, self.cache.strategy)
-        if options is None:
-            return super().execute(query, *args, **context_options)  # type: ignore[misc]
-        token = _READING.set((self, options))
+        token = _EXECUTING.set((self, query, options_for(query, self.cache.strategy)))
         try:
             return super().execute(query, *args, **context_options)  # type: ignore[misc]
         finally:
-            _READING.reset(token)
+            _EXECUTING.reset(token)
 
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        executing = _EXECUTING.get()
+        if executing is not None:
+            if executing[0] is self:
+                _EXECUTING.set(None)  # one statement per execute(): a later one is not its query's
+            else:
+                executing = None
         info = self._kv_texts.get(sql)
         if info is None:
-            info = memo.remember(self._kv_texts, sql, memo.parse(sql, self._kv_dialect))
-        reading = _READING.get()
-        if reading is not None and reading[0] is self and info.kind == "select":
-            _READING.set(None)  # one statement per execute(): a later one is not this select
+            info = self._kv_analyze(sql, executing[1] if executing is not None else None)
+        if executing is not None and executing[2] is not None and info.kind == "select":
             if statements.cacheable(self.cache, info):
                 self._kv_before_read()
                 return statements.read(self.cache, self._kv_session(), sql, params, info,
-                                       reading[1],
+                                       executing[2],
                                        functools.partial(self._run, sql, params, *args, **kwargs))
         send = functools.partial(super().execute_sql, sql, params, *args,  # type: ignore[misc]
                                  **kwargs)
@@ -107,6 +111,15 @@ class CachedDatabase:
             return statements.write(self.cache, Sessions.bound(self._state),  # type: ignore
                                     info, send, self._kv_broadcast)
         return send()
+
+    def _kv_analyze(self, sql: str, query: Any) -> SqlInfo:
+        """What a SQL text met for the first time does: read from the tree of the query object
+        it was rendered from (no parse), else (raw SQL, a node the walk can't vouch for) parsed;
+        memoised either way."""
+        info = analyze_query(query, sql) if query is not None else None
+        if info is None:
+            info = memo.parse(sql, self._kv_dialect)
+        return memo.remember(self._kv_texts, sql, info)
 
     def _run(self, sql: str, params: Any, *args: Any, **kwargs: Any) -> Any:
         """Send a statement already known to be a read, without analysing it again."""

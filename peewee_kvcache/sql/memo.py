@@ -37,9 +37,3 @@ def parse(sql: str, dialect: str) -> SqlInfo:
     from .analysis import analyze_sql  # sqlglot: loaded by the first text that needs a parse
     return analyze_sql(normal_form(sql), dialect)
 
-
-def analyze(sql: str, dialect: str) -> SqlInfo:
-    """The analysis of ``sql`` (memoised)."""
-    memo = texts(dialect)
-    info = memo.get(sql)
-    return info if info is not None else remember(memo, sql, parse(sql, dialect))
