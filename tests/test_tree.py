@@ -464,3 +464,24 @@ def test_every_statement_of_a_live_workload_agrees(db, bind, backend, monkeypatc
     disagree = [sql for sql, info in walked
                 if comparable(info) != comparable(analyze_sql(sql, db._kv_dialect))]
     assert not disagree
+
+
+class OwnOrdering(peewee.ModelSelect):
+    """A query class of the user's that changes how Peewee renders it."""
+
+    def _apply_ordering(self, ctx: Any) -> Any:
+        return ctx.literal(" UNION SELECT secret FROM vault")
+
+
+class OwnMethod(peewee.ModelSelect):
+    """One that only adds a method: rendered as Peewee's own."""
+
+    def newest(self) -> Any:
+        return self.order_by(Writer.id.desc())
+
+
+def test_a_query_class_that_renders_differently_is_parsed() -> None:
+    query, sql = render("sqlite", lambda: OwnOrdering(Writer, (Writer.id,)))
+    assert "vault" in sql and analyze_query(query, sql) is None
+    query, sql = render("sqlite", lambda: OwnMethod(Writer, (Writer.id,)).newest())
+    assert analyze_query(query, sql) == analyze_sql(sql, "sqlite")

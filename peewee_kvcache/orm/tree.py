@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Set
 
@@ -92,6 +93,18 @@ def _sql_of(node: Any) -> Any:
     return getattr(type(node), "__sql__", None)
 
 
+def _query_sql_of(query: Any) -> Any:
+    """A query's ``__sql__``, or None when its class overrides a method Peewee calls while
+    rendering it (a query class of the user's may)."""
+    cls = type(query)
+    render = _QUERY_CLASSES.get(cls, _UNSEEN)
+    if render is _UNSEEN:
+        own = [name for name in _QUERY_HOOKS
+               if getattr(getattr(cls, name, None), "__module__", "peewee") != "peewee"]
+        render = _QUERY_CLASSES[cls] = None if own else _sql_of(query)
+    return render
+
+
 def _is_model(node: Any) -> bool:
     return isinstance(node, type) and issubclass(node, peewee.Model)
 
@@ -108,7 +121,7 @@ class _Walk:
     # --- statements ---------------------------------------------------------------------------
 
     def statement(self, query: Any) -> SqlInfo:
-        render = _sql_of(query)
+        render = _query_sql_of(query)
         if render in _QUERIES:
             self.query(query, frozenset())
             reason = "locking clause" if self.locking else self.volatile
@@ -138,14 +151,12 @@ class _Walk:
     def query(self, query: Any, visible: FrozenSet[str]) -> None:
         """A SELECT or compound SELECT, whole or as a subquery; ``visible``: the CTE names in
         scope where it stands."""
-        walk = _QUERIES.get(_sql_of(query))
+        walk = _QUERIES.get(_query_sql_of(query))
         if walk is None:
             raise _Unsure  # a write inside a read, raw SQL, an unknown query class
         walk(self, query, visible)
 
     def select(self, query: Any, visible: FrozenSet[str]) -> None:
-        if getattr(type(query), "__sql_selection__", None) not in _SELECTIONS:
-            raise _Unsure
         visible = self.ctes(query, visible)
         distinct = query._distinct
         for column in distinct if isinstance(distinct, (list, tuple)) else ():
@@ -276,6 +287,8 @@ class _Walk:
             if _is_model(node):
                 raise _Unsure  # a table where a value goes
             if isinstance(node, peewee.multi_types):  # rendered as a parenthesised list
+                if iter(node) is node:
+                    raise _Unsure  # an iterator: the rendering used it up
                 for item in node:
                     self.expr(item, visible, source, converter)
                 return
@@ -523,7 +536,15 @@ _WRITES: Dict[Any, Callable[[_Walk, Any, FrozenSet[str]], None]] = {
     peewee.Insert.__sql__: _insert, peewee.Update.__sql__: _update,
     peewee.Delete.__sql__: _delete,
 }
-_SELECTIONS = frozenset({peewee.Select.__sql_selection__, peewee.ModelSelect.__sql_selection__})
+#: what Peewee's query classes call while rendering, besides ``__sql__``
+_QUERY_HOOKS = (
+    "__sql__", "__sql_selection__", "_apply_ordering", "_apply_subquery_alias", "apply_alias",
+    "apply_column", "_subquery_parens", "_member_sql", "_member_style", "_wrap_parens",
+    "apply_returning", "_set_table_alias", "_simple_insert", "_generate_insert", "_query_insert",
+    "_default_values", "get_default_data", "get_default_columns",
+)
+_UNSEEN = object()
+_QUERY_CLASSES: "weakref.WeakKeyDictionary[type, Any]" = weakref.WeakKeyDictionary()
 #: sources that a column reference (``source.column``) names by their alias only
 _NAMED_SOURCES = frozenset({
     peewee.Table.__sql__, peewee.ModelAlias.__sql__, peewee.Select.__sql__,
