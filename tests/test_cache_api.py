@@ -204,6 +204,12 @@ def test_bad_tag_argument_is_refused_naming_it(cache, tags, error, shown):
 
 # --- statistics -------------------------------------------------------------------------------------
 
+
+@pytest.fixture
+def cache(make_cache):
+    """These tests read each level in turn: every miss asks L2 (not only where it pays)."""
+    return make_cache(l2_reads="always")
+
 @pytest.fixture
 def data(db, bind):
     bind(*ALL)
@@ -364,7 +370,7 @@ def test_databases_sharing_namespace_and_l1_never_see_each_others_results(
         db, bind, backend, make_cache, request, tmp_path):
     bind(User)
     User.create(name="alice")
-    other_cache = make_cache()                      # the same L1 directory and the same namespace
+    other_cache = make_cache(l2_reads="always")  # the same L1 directory and namespace
     assert other_cache.l1.directory == db.cache.l1.directory
     with second_database(backend, request, tmp_path, other_cache) as other:
         with other.bind_ctx([User], bind_refs=False, bind_backrefs=False):

@@ -78,7 +78,7 @@ def test_an_l1_recheck_that_finds_nothing_is_not_followed_by_another_read(server
 
 def test_reads_failing_open_the_read_breaker_while_background_writes_succeed(server, kv_cache,
                                                                             make_db):
-    cache = kv_cache(breaker_fail_max=3, breaker_reset_timeout=60)
+    cache = kv_cache(breaker_fail_max=3, breaker_reset_timeout=60, l2_reads="always")
     make_db(cache)
     Item.create(name="a")
     assert cache.drain(10)
@@ -96,7 +96,7 @@ def test_reads_failing_open_the_read_breaker_while_background_writes_succeed(ser
 
 
 def test_background_writes_failing_do_not_stop_query_path_reads(server, kv_cache, make_db):
-    cache = kv_cache(breaker_fail_max=2, breaker_reset_timeout=60)
+    cache = kv_cache(breaker_fail_max=2, breaker_reset_timeout=60, l2_reads="always")
     make_db(cache)
     Item.create(name="a")
     assert names() == ["a"]

@@ -63,7 +63,7 @@ def names(db):
 
 
 def test_request_counts_per_operation(server, kv_cache, tmp_path):
-    cache = kv_cache()
+    cache = kv_cache(l2_reads="always")  # a miss's L2 read counted (auto: test_l2_costs.py)
     db = open_db(tmp_path / "app.db", cache)
     Item.create(name="a")
     assert cache.drain(10)
@@ -172,10 +172,11 @@ def test_ttl_under_kv_floor_is_honoured(server, kv_cache, tmp_path):
 
 
 def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
+    """Optional requests stop where the reserve starts; the invalidation sweep still runs."""
     from peewee_kvcache.kv.cloudflare import RequestBudget
     base_url, account, namespace, token = info(server)
     ns = CloudflareKVNamespace(account, namespace, token, base_url=base_url,
-                               budget=RequestBudget(3, 300, burst=3))
+                               budget=RequestBudget(5, 300, burst=5, reserve=2))
     cache = CloudflareKVCache(ns, l1_directory=str(tmp_path / "l1"))
     try:
         cache.put("q", RESULT, ["item"])
@@ -184,8 +185,12 @@ def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
             cache.clear_local()
             assert cache.get("q", ["item"]) == RESULT
         cache.clear_local()
-        assert cache.get("q", ["item"]) is None               # budget spent: L2 skipped
+        assert cache.get("q", ["item"]) is None               # only the reserve is left
         assert sum(server.counts().values()) == 3
+        cache.invalidate(tables=["item"])                     # requests 4 and 5: the sweep
+        assert cache.drain(10)
+        assert server.counts()["list"] == 1 and server.counts()["bulk_delete"] == 1
+        assert list(server.namespace.list_all()) == []
         stats = cache.get_stats()                             # its listing is skipped too
         assert stats.l2_budget_skipped == 2 and stats.total_keys == -1
         assert stats.l2_errors == 0 and stats.l2_circuit == "closed"

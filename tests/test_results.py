@@ -24,6 +24,12 @@ def rows_of(value):
     return (type(value).__name__, repr(value))
 
 
+
+@pytest.fixture
+def cache(make_cache):
+    """These tests read each level in turn: every miss asks L2 (not only where it pays)."""
+    return make_cache(l2_reads="always")
+
 @pytest.fixture
 def data(db, bind):
     bind(*ALL)

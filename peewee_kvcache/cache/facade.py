@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (Any, Callable, Hashable, Iterable, List, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 from ..core.codec import CachedResult
 from ..core.config import DEFAULT_CONFIG, CacheConfig
@@ -27,6 +28,7 @@ from ..l2.gateway import L2Gateway
 from ..levels.l1 import L1_FAULTS, L1Store, UnavailableStore
 from ..levels.memory import MemoryLevel
 from .admin import Admin
+from .costs import CostModel
 from .invalidations import Invalidations, Listener
 from .keys import digest_of, seed_key
 from .reads import Reader
@@ -60,7 +62,9 @@ class CloudflareKVCache:
     (HMAC-SHA256) so a forged L2 value is a miss. ``prefix`` scopes every L2 key of this cache.
     ``exit_timeout`` (seconds) bounds how long :meth:`close` and interpreter exit wait for queued
     L2 work, so an unreachable KV cannot hold a process; invalidation sweeps left over stay in
-    the durable outbox. The other arguments are described in the README's Configuration table.
+    the durable outbox. ``l2_reads="auto"`` asks L2 before the database only for query shapes
+    where, by this process's measurements, it pays; ``"always"`` asks on every miss. The other
+    arguments are described in the README's Configuration table.
 
     Attributes: ``settings`` (the validated arguments), ``namespace``, ``prefix``, ``strategy``,
     ``counters``; ``l1`` and ``outbox`` are this host's stores, for operator tools.
@@ -74,14 +78,14 @@ class CloudflareKVCache:
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
                  max_put_delay: float = 10.0, clock_skew: float = 0.0,
-                 memory_entries: int = 1000, exit_timeout: float = 1.0):
+                 memory_entries: int = 1000, exit_timeout: float = 1.0, l2_reads: str = "auto"):
         settings = CacheSettings.check(
             l1_directory=l1_directory, strategy=strategy, default_ttl=default_ttl, prefix=prefix,
             secret=secret, l1_size_limit=l1_size_limit, breaker_fail_max=breaker_fail_max,
             breaker_reset_timeout=breaker_reset_timeout, propagation_delay=propagation_delay,
             outbox_lease=outbox_lease, l1_max_age=l1_max_age, stampede_wait=stampede_wait,
             max_put_delay=max_put_delay, clock_skew=clock_skew, memory_entries=memory_entries,
-            exit_timeout=exit_timeout)
+            exit_timeout=exit_timeout, l2_reads=l2_reads)
         if namespace is not None and not isinstance(namespace, KVNamespace):
             raise TypeError(f"namespace must be a KVNamespace (CloudflareKVNamespace or "
                             f"LocalKVNamespace) or None, got {namespace!r}")
@@ -103,9 +107,11 @@ class CloudflareKVCache:
         writer = self._writer = BackgroundWriter(PutSender(l2, sweeper, counters).send,
                                                  sweeper.run_due,
                                                  exit_timeout=float(settings.exit_timeout))
-        reader = self._reader = Reader(settings, memory, self.l1, l2, sweeper, counters, fault)
+        costs = CostModel(always=settings.l2_reads == "always")
+        reader = self._reader = Reader(settings, memory, self.l1, l2, sweeper, counters, fault,
+                                       costs, writer.submit)
         self._storer = Storer(settings, self.l1, l2.layout, reader, sweeper, writer, counters,
-                              fault)
+                              fault, costs)
         self._stampede = Stampede(float(settings.stampede_wait), self.l1, reader, counters,
                                   fault)
         self._invalidations = Invalidations(self.l1, sweeper, writer, counters, fault)
@@ -121,13 +127,15 @@ class CloudflareKVCache:
 
     # -- what the Peewee layer calls -------------------------------------------------------
     def read(self, key: str, names: Sequence[str], run: Callable[[], Any],
-             config: CacheConfig = DEFAULT_CONFIG, snapshot: Optional[Snapshot] = None) -> Any:
+             config: CacheConfig = DEFAULT_CONFIG, snapshot: Optional[Snapshot] = None,
+             shape: Optional[Hashable] = None) -> Any:
         """The cached result for ``key`` (a :class:`CachedResult`), or else what ``run()``
         returns (a DB-API cursor): stored, and returned as a CachedResult, when the rules allow.
 
         ``snapshot``: the open transaction the read runs in (see :meth:`Storer.fill`); followers
-        of a stampede don't wait for it (its view is its own)."""
-        result = self._reader.lookup(key, names)
+        of a stampede don't wait for it (its view is its own). ``shape`` (the SQL text): what
+        the database's and L2's costs are measured per, to ask L2 only where it pays."""
+        result = self._reader.lookup(key, names, shape)
         if result is not None:
             return result
         leader = snapshot is not None or self._stampede.lead(key)  # one query per stampede
@@ -136,7 +144,7 @@ class CloudflareKVCache:
             if result is not None:
                 return result
         try:
-            return self._storer.fill(key, names, run, config, snapshot)
+            return self._storer.fill(key, names, run, config, snapshot, shape)
         finally:
             if snapshot is None and leader:
                 self._stampede.end(key)

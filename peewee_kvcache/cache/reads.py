@@ -1,14 +1,16 @@
 """The read path: a key's result from the nearest level holding a valid one, or a miss.
 
-Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2.
-An L1 entry older than ``l1_max_age`` is served only if L2 still holds it (the re-check), so a
-lookup makes at most one L2 read. A result read from L2 is kept in L1 and memory. Every fault is a
-miss, logged and counted: the caller (a query) goes to the database.
+Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2
+when asking it pays for this query shape (costs.py), else straight to the database. An L1 entry
+is served only within ``l1_max_age`` of its last check against L2; one served in the second half
+of that window is queued for a batched re-check off the query path (refresh.py), and an older one
+is a miss. A lookup makes at most one L2 read. A result read from L2 is kept in L1 and memory.
+Every fault is a miss, logged and counted: the caller (a query) goes to the database.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
 
 from ..core.codec import CachedResult, CodecError, SignatureError, decode_entry, decode_entry_full
 from ..core.config import now_ms
@@ -19,6 +21,8 @@ from ..l2.gateway import L2Gateway
 from ..levels.entry import Entry
 from ..levels.l1 import L1_FAULTS
 from ..levels.memory import MemoryLevel
+from .costs import CostModel
+from .refresh import Refresher
 from .settings import CacheSettings
 
 #: L1 payloads are this library's own encoding: one that does not decode is a faulty L1
@@ -36,43 +40,57 @@ class Reader:
     sweeper: Sweeper
     counters: Counters
     fault: Report
+    costs: CostModel
+    #: hands the refresher's batches to the background writer
+    submit: Callable[[Callable[[], None]], None]
+    refresher: Refresher = field(init=False)
 
     def __post_init__(self) -> None:  # settings read on every lookup, converted once
         self._secret = self.settings.secret
         self._max_age_ms = self.settings.l1_max_age_ms
+        self._refresh_after_ms = (self._max_age_ms or 0) // 2
         self._clock_skew_ms = self.settings.clock_skew_ms
+        self.refresher = Refresher(self.l1, self.memory, self.l2, self.fetch, self.submit,
+                                   self.counters, self.fault)
 
-    def lookup(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
-        """The cached result for ``digest`` if one is live and no name in its stamp was bumped."""
-        result, asked_l2 = self.local(digest)
-        if result is None and not asked_l2:
-            result = self._remote(digest, names)
+    def lookup(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
+               ) -> Optional[CachedResult]:
+        """The cached result for ``digest`` if one is live and no name in its stamp was bumped.
+        ``shape`` (the SQL text) is what the L2 cost estimates are kept per."""
+        result, aged = self.local(digest)
+        if result is None:
+            if self.costs.ask_l2(shape):
+                if aged:
+                    self.counters.incr("l1_rechecks")
+                result = self.fetch(digest, names, shape)
+                if result is not None:
+                    self.counters.incr("l2_hits")
+            else:
+                self.counters.incr("l2_skipped_cost")
         self.counters.incr("hits" if result is not None else "misses")
         return result
 
     def local(self, digest: str) -> Tuple[Optional[CachedResult], bool]:
         """This process's memory first, then the L1 directory. Returns the result and whether
-        L2 was asked (to re-check an old L1 entry). Hits are counted by level, not as hits."""
-        asked_l2 = False
+        an L1 entry was found too old to serve unchecked. Hits are counted by level."""
         try:
             now = now_ms()
             memo = self.memory.get(digest)
             if memo is not None:
-                if self._valid(memo, now) and self._fresh(memo, now):
+                if self._valid(memo, now) and self._checked(digest, memo, now):
                     self.counters.incr("memory_hits")
                     return memo.value, False
                 self.memory.discard(digest)
             entry = self.l1.get(digest)
             if entry is None or not self._valid(entry, now):
                 return None, False
-            if not self._fresh(entry, now):
-                asked_l2 = True
-                return self._recheck(digest, entry, now), True
+            if not self._checked(digest, entry, now):
+                return None, True
             result, _ = decode_entry(entry.value)
             self.memory.put(digest, entry.holding(result))
         except _L1_READ_FAULTS as exc:
             self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
-            return None, asked_l2
+            return None, False
         self.counters.incr("l1_hits")
         return result, False
 
@@ -101,29 +119,18 @@ class Reader:
         return (entry.expires_at_ms > now and self.l1.is_current(entry.names, entry.tokens)
                 and not self.sweeper.distrusts(entry.names))
 
-    def _fresh(self, entry: Entry[Any], now: int) -> bool:
-        """Checked against L2 within ``l1_max_age``."""
-        return self._max_age_ms is None or now - entry.checked_at_ms <= self._max_age_ms
-
-    def _recheck(self, digest: str, entry: Entry[bytes], now: int) -> Optional[CachedResult]:
-        """An L1 entry older than ``l1_max_age`` is served only if L2 still holds it: another
-        host's invalidation deletes L2 entries but cannot reach this host's L1. If L2 holds a
-        different (newer) result, that one is served; if L2 can't be asked, the DB is."""
-        self.counters.incr("l1_rechecks")
-        raw = self.l2.read("L2 read for an L1 recheck failed, counted as a miss",
-                            self.l2.layout.entry_key(digest, entry.names))
-        if raw is None:
-            return None
-        if raw != entry.value:
-            decoded = self._decode_l2(digest, raw, now, entry.names)
-            if decoded is None:
-                return None
-            result, expires_at_ms = decoded
-        else:
-            result, expires_at_ms = decode_entry(raw)[0], entry.expires_at_ms
-        self.keep(digest, Entry(entry.names, entry.tokens, expires_at_ms, now, raw), result)
-        self.counters.incr("l2_hits")
-        return result
+    def _checked(self, digest: str, entry: Entry[Any], now: int) -> bool:
+        """Checked against L2 within ``l1_max_age``; in the second half of that window, queued
+        for a background re-check."""
+        max_age = self._max_age_ms
+        if max_age is None:
+            return True
+        age = now - entry.checked_at_ms
+        if age > self._refresh_after_ms:
+            if age > max_age:
+                return False
+            self.refresher.due(digest, now)
+        return True
 
     def _decode_l2(self, digest: str, raw: bytes, now: int, names: Sequence[str]
                    ) -> Optional[Tuple[CachedResult, int]]:
@@ -151,8 +158,10 @@ class Reader:
             return None
         return result, expires_at_ms
 
-    def _remote(self, digest: str, names: Sequence[str]) -> Optional[CachedResult]:
-        """L2, unless a sweep of one of ``names`` is pending; a hit is kept in L1 and memory."""
+    def fetch(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
+              ) -> Optional[CachedResult]:
+        """The entry L2 holds, unless a sweep of one of ``names`` is pending; kept in L1 and
+        memory. Its cost and outcome feed the estimates for ``shape``."""
         try:
             if self.sweeper.pending_in_memory(names) or self.l1.any_pending(names):
                 self.counters.incr("l2_skipped_pending")
@@ -161,20 +170,20 @@ class Reader:
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 token read failed, counted as a miss", exc)
             return None
-        raw = self.l2.read("L2 read failed, counted as a miss",
-                            self.l2.layout.entry_key(digest, names))
-        if raw is None:
-            return None
-        now = now_ms()
-        try:
-            decoded = self._decode_l2(digest, raw, now, names)
-        except L1_FAULTS as exc:
-            self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
-            return None
+        raw, elapsed_ms = self.l2.timed_read("L2 read failed, counted as a miss",
+                                             self.l2.layout.entry_key(digest, names))
+        decoded = None
+        if raw is not None:
+            now = now_ms()
+            try:
+                decoded = self._decode_l2(digest, raw, now, names)
+            except L1_FAULTS as exc:
+                self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
+        if elapsed_ms is not None:
+            self.costs.l2_read(shape, elapsed_ms, decoded is not None)
         if decoded is None:
             return None
         result, expires_at_ms = decoded
-        self.counters.incr("l2_hits")
         try:  # the backfill keeps the L2 entry's remaining lifetime
             self.keep(digest, Entry(tuple(names), tokens, expires_at_ms, now, raw), result)
         except L1_FAULTS as exc:

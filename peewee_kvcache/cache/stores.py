@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Hashable, List, Optional, Protocol, Sequence, Tuple
 
 from ..core.codec import CachedResult, UnsupportedValue, encode_entry
 from ..core.config import DEFAULT_CONFIG, CacheConfig, now_ms, real_monotonic
@@ -24,6 +25,7 @@ from ..l2.gateway import L2Gateway
 from ..l2.layout import KeyLayout
 from ..levels.entry import Entry
 from ..levels.l1 import L1_FAULTS
+from .costs import CostModel
 from .reads import Reader
 from .settings import CacheSettings
 
@@ -51,6 +53,7 @@ class Storer:
     writer: BackgroundWriter
     counters: Counters
     fault: Report
+    costs: CostModel
 
     def seq(self) -> Optional[int]:
         """The token counter (a transaction's baseline); None on fault."""
@@ -68,18 +71,21 @@ class Storer:
             return None
 
     def fill(self, key: str, names: Sequence[str], run: Callable[[], Any], config: CacheConfig,
-             snapshot: Optional[Snapshot]) -> Any:
+             snapshot: Optional[Snapshot], shape: Optional[Hashable] = None) -> Any:
         """What ``run()`` returns (a DB-API cursor), or its rows as a CachedResult once stored.
 
         ``snapshot``: the open transaction the query runs in. Its result is stamped with the
         transaction's start (a REPEATABLE READ snapshot predates the query, maybe another host's
-        commit) and stored only if the transaction allows."""
+        commit) and stored only if the transaction allows. The database's time (rows fetched)
+        is measured for ``shape``'s cost estimate."""
         started_ms = snapshot.began_ms if snapshot is not None else now_ms()
         tokens = self.tokens(names)
+        started = time.perf_counter()
         cursor = run()
         if tokens is None or (snapshot is not None and not snapshot.may_store(tokens)):
             return cursor
         result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
+        self.costs.db_ran(shape, (time.perf_counter() - started) * 1000)
         cursor.close()
         self.store(key, names, tokens, result, config, started_ms)
         return result

@@ -82,7 +82,7 @@ class Maintenance:
             target = marker_target(info)
             if target is None or target in entries:
                 continue
-            created = created_ms(info)
+            created = created_ms(info.metadata)
             if created is not None and created > started_ms - self.grace_ms:
                 recent += 1
             else:

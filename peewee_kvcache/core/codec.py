@@ -267,18 +267,9 @@ _STR_ONLY = frozenset((str,))
 _LIST_ONLY = frozenset((list,))
 
 
-def decode_entry(data: bytes, secret: Optional[bytes] = None,
-                 context: bytes = b"") -> Tuple[CachedResult, Optional[int]]:
-    """Parse an entry into (result, expires_at_ms); any defect raises CodecError."""
-    result, expires_at_ms, _ = decode_entry_full(data, secret, context)
-    return result, expires_at_ms
-
-
-def decode_entry_full(data: bytes, secret: Optional[bytes] = None, context: bytes = b""
-                      ) -> Tuple[CachedResult, Optional[int], Optional[int]]:
-    """Parse an entry into (result, expires_at_ms, created_at_ms); any defect raises CodecError,
-    never garbage. ``created_at_ms`` is when its query started (None if the writer gave none)."""
-    view = memoryview(data)
+def _payload_start(view: memoryview, secret: Optional[bytes], context: bytes) -> int:
+    """Where an entry's payload begins, after its header (and signature, checked when
+    ``secret`` is given); CodecError for a defect."""
     if len(view) < _HEADER.size:
         raise CodecError("truncated cache entry")
     magic, version, flags = _HEADER.unpack_from(view)
@@ -299,6 +290,43 @@ def decode_entry_full(data: bytes, secret: Optional[bytes] = None, context: byte
                 raise SignatureError("cache entry signature mismatch")
     elif secret is not None:
         raise SignatureError("unsigned cache entry while a signing secret is configured")
+    return start
+
+
+def created_at(data: bytes) -> Optional[int]:
+    """When the query of an entry this host wrote (L1) started, read without decoding its rows:
+    a re-check compares it with the L2 entry's metadata. CodecError for a defect."""
+    view = memoryview(data)
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(view[_payload_start(view, None, b""):])
+    try:
+        if unpacker.read_array_header() != 4:
+            raise CodecError("cache entry payload has the wrong shape")
+        for _ in range(3):  # expiry, columns, rows
+            unpacker.skip()
+        created_at_ms = unpacker.unpack()
+    except CodecError:
+        raise
+    except Exception as exc:  # anything a malformed buffer can provoke means "corrupt"
+        raise CodecError(f"corrupt cache entry ({type(exc).__name__})") from exc
+    if created_at_ms is not None and type(created_at_ms) is not int:
+        raise CodecError("cache entry payload has the wrong shape")
+    return created_at_ms
+
+
+def decode_entry(data: bytes, secret: Optional[bytes] = None,
+                 context: bytes = b"") -> Tuple[CachedResult, Optional[int]]:
+    """Parse an entry into (result, expires_at_ms); any defect raises CodecError."""
+    result, expires_at_ms, _ = decode_entry_full(data, secret, context)
+    return result, expires_at_ms
+
+
+def decode_entry_full(data: bytes, secret: Optional[bytes] = None, context: bytes = b""
+                      ) -> Tuple[CachedResult, Optional[int], Optional[int]]:
+    """Parse an entry into (result, expires_at_ms, created_at_ms); any defect raises CodecError,
+    never garbage. ``created_at_ms`` is when its query started (None if the writer gave none)."""
+    view = memoryview(data)
+    start = _payload_start(view, secret, context)
     try:
         payload = msgpack.unpackb(view[start:], ext_hook=_ext_hook, unicode_errors="surrogatepass")
     except CodecError:

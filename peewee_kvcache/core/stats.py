@@ -46,7 +46,10 @@ class CacheStats:
     l2_skipped_pending: int = _counter()
     l2_budget_skipped: int = _counter()
     l2_circuit_open: int = _counter()
-    l1_rechecks: int = _counter()
+    l1_rechecks: int = _counter()  # entries older than l1_max_age asked of L2 on the query path
+    l1_refreshes: int = _counter()  # entries re-confirmed against L2 in the background
+    l1_refreshes_gone: int = _counter()  # ... found gone from L2 (swept elsewhere): not served
+    l2_skipped_cost: int = _counter()  # misses sent straight to the DB: L2 would cost more
     remote_evictions: int = _counter()
     stampede_waits: int = _counter()
     l2_stale_rejected: int = _counter()

@@ -7,15 +7,19 @@ Two breakers, each counting only its own calls: a successful background write sa
 whether a read answers within the query path's short timeout, and reads failing must not hold
 back the sweeps other hosts' freshness depends on. A refusal of our own request (a 4xx other than
 429) or of the request budget says nothing about KV's health: breakers ignore it.
+
+Optional requests (query-path reads, re-checks, entry writes) are sent only while the request
+budget has more than its reserve left (:meth:`RequestBudget.spare`): the invalidation sweeps,
+which other hosts' freshness depends on, can always be paid for.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 from ..core.faults import Report
 from ..core.stats import Counters
-from ..kv.base import KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
-from ..kv.cloudflare import BudgetExhausted
+from ..kv.base import BudgetExhausted, KeyInfo, KVError, KVNamespace, KVOutcomeUnknown, KVPair
 from .breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, CircuitOpenError
 from .keyspace import KeySpace
 from .layout import KeyCounts, KeyLayout
@@ -56,15 +60,36 @@ class L2Gateway:
 
     def read(self, what: str, key: str) -> Optional[bytes]:
         """A query-path GET through the read breaker; None when missing or on a fault."""
-        return self._guarded(self._read_breaker, what, self._namespace.get, key)[1]
+        return self.timed_read(what, key)[0]
 
-    def call(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[bool, Optional[T]]:
+    def timed_read(self, what: str, key: str) -> Tuple[Optional[bytes], Optional[float]]:
+        """:meth:`read`, plus how long KV took (ms; a fault's time too), or None when nothing
+        was sent (circuit open, budget spent or kept for sweeps): what a read costs."""
+        started = time.perf_counter()
+        sent, value = self._guarded(self._read_breaker, what, self._namespace.get, key,
+                                    optional=True)
+        return value, None if sent is None else (time.perf_counter() - started) * 1000
+
+    def metadata(self, what: str, keys: Sequence[str]
+                 ) -> Optional[Dict[str, Optional[Mapping[str, Any]]]]:
+        """Which of ``keys`` exist, with their metadata (a batched re-check, off the query
+        path); None on a fault or when not sent."""
+        return self._guarded(self._breaker, what, self._namespace.bulk_metadata, keys,
+                             optional=True)[1]
+
+    def call(self, what: str, call: Callable[..., T], *args: Any) -> Tuple[Optional[bool],
+                                                                             Optional[T]]:
         """One L2 call of background work or an operation, through the other breaker: (True,
-        its result), or (False, None) after logging and counting the fault as ``what``."""
+        its result), (False, None) after logging and counting the fault as ``what``, or
+        (None, None) when it was not sent (counted: circuit open, budget spent)."""
         return self._guarded(self._breaker, what, call, *args)
 
-    def _guarded(self, breaker: CircuitBreaker, what: str, call: Callable[..., T],
-                 *args: Any) -> Tuple[bool, Optional[T]]:
+    def _guarded(self, breaker: CircuitBreaker, what: str, call: Callable[..., T], *args: Any,
+                 optional: bool = False) -> Tuple[Optional[bool], Optional[T]]:
+        budget = self._namespace.budget
+        if optional and budget is not None and not budget.spare():
+            self._counters.incr("l2_budget_skipped")
+            return None, None
         try:
             return True, breaker.call(call, *args)
         except BudgetExhausted:
@@ -73,15 +98,17 @@ class L2Gateway:
             self._counters.incr("l2_circuit_open")
         except L2_FAULTS as exc:
             self._fault("l2_errors", what, exc)
-        return False, None
+            return False, None
+        return None, None
 
     def put(self, pairs: Sequence[KVPair], unknown: Callable[[], None]) -> bool:
         """Bulk-write ``pairs``; False when the call failed. A write whose outcome is unknown (it
         may still land, late) calls ``unknown()`` first; keys KV refused are a fault."""
-        ok, left = self.call("L2 bulk write failed", self._bulk_put, pairs, unknown)
+        ok, left = self._guarded(self._breaker, "L2 bulk write failed", self._bulk_put, pairs,
+                                 unknown, optional=True)
         if ok and left:
             self._partial("L2 bulk write", left)
-        return ok
+        return bool(ok)
 
     def _bulk_put(self, pairs: Sequence[KVPair], unknown: Callable[[], None]) -> List[str]:
         try:
@@ -95,7 +122,7 @@ class L2Gateway:
         ok, left = self.call("L2 bulk delete failed", self.keyspace.delete, keys)
         if ok and left:
             self._partial("L2 bulk delete", left)
-        return ok and not left
+        return bool(ok) and not left
 
     def _partial(self, what: str, left: Sequence[str]) -> None:
         """Some keys of a bulk call KV did not take (the call itself went through)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 from urllib.parse import unquote
 
 from ..core.names import EVERYTHING, TABLE, TAG
@@ -42,9 +42,10 @@ def marker_target(info: KeyInfo) -> Optional[str]:
     return target if isinstance(target, str) else None
 
 
-def created_ms(info: KeyInfo) -> Optional[int]:
-    """When the query of a listed entry or marker started (unix ms); None if unknown."""
-    created = info.metadata.get("c") if isinstance(info.metadata, dict) else None
+def created_ms(metadata: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """When the query of an entry or marker started (unix ms), from its metadata; None if
+    unknown."""
+    created = metadata.get("c") if isinstance(metadata, Mapping) else None
     return created if isinstance(created, int) else None
 
 
@@ -91,7 +92,7 @@ class KeyLayout:
         entries their markers point at. Later results are fresh: a sweep leaves them alone."""
         keys = []
         for info in infos:
-            created = created_ms(info)
+            created = created_ms(info.metadata)
             if created is not None and created > before_ms:
                 continue
             keys.append(info.name)

@@ -352,6 +352,10 @@ class L1Store:
                              entry.checked_at_ms], use_bin_type=True)
         self.entries.set(key, raw, expire=max(entry.expires_at_ms - now_ms, 1) / 1000.0)
 
+    def discard(self, key: str) -> None:
+        """Drop one entry (found gone from L2 by a re-check)."""
+        self.entries.delete(key)
+
     def clear(self) -> None:
         """Drop every entry and move every token past all stamps ever issued."""
         self.entries.clear()
