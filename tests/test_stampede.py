@@ -66,6 +66,41 @@ def test_threads_missing_one_key_run_the_query_once(slow_db):
     assert db.cache.get_stats().stampede_waits == 7
 
 
+def names_from(lowest: int) -> list:
+    """One query shape, a key per ``lowest``."""
+    return [i.name for i in Item.select().where(Item.id >= lowest).order_by(Item.id).with_cache()]
+
+
+def test_a_shape_known_to_be_expensive_stays_guarded(slow_db):
+    db, runs = slow_db
+    for lowest in (1, 0, -1):  # the first stampede meets an unknown shape, the others a slow one
+        runs.clear()
+        results, errors = run_threads(4, lambda: names_from(lowest))
+        assert errors == [] and results == [["a"]] * 4
+        assert len(runs) == 1
+
+
+def test_a_cheap_shape_takes_no_fill_lock_and_is_written_to_l1_in_the_background(
+        slow_db, make_cache, monkeypatch, tmp_path):
+    """Two L1 writes per miss cost more than a cheap query: once the shape is known to be cheap
+    its misses take no lock, and the background writer writes their L1 copies."""
+    db, runs = slow_db
+    db._delay = 0
+    assert names_from(1) == ["a"]  # an unknown shape: guarded
+    locks = []
+    real_add = db.cache.l1.entries.add
+    monkeypatch.setattr(db.cache.l1.entries, "add",
+                        lambda key, *args, **kwargs: locks.append(key) or real_add(
+                            key, *args, **kwargs))
+    assert [names_from(lowest) for lowest in (0, -1, -2)] == [["a"]] * 3
+    assert locks == [] and len(runs) == 4
+    assert db.cache.drain(10)
+    neighbour = CachedSqliteDatabase(str(tmp_path / "s.db"), cache=make_cache(stampede_wait=3))
+    with neighbour.bind_ctx([Item]):  # another process on this host: the same L1 directory
+        assert [names_from(lowest) for lowest in (0, -1, -2)] == [["a"]] * 3
+    assert neighbour.cache.get_stats().l1_hits == 3 and len(runs) == 4
+
+
 def test_followers_fall_back_when_the_leader_is_too_slow(slow_db, make_cache, monkeypatch):
     db, runs = slow_db
     monkeypatch.setattr(db, "cache", make_cache("quick", stampede_wait=0.2))

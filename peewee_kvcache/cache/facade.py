@@ -113,7 +113,7 @@ class CloudflareKVCache:
         self._storer = Storer(settings, self.l1, l2.layout, reader, sweeper, writer, counters,
                               fault, costs)
         self._stampede = Stampede(float(settings.stampede_wait), self.l1, reader, counters,
-                                  fault)
+                                  fault, costs)
         self._invalidations = Invalidations(self.l1, sweeper, writer, counters, fault)
         self._admin = Admin(self.namespace, self.l1, self.outbox, memory, l2, writer, counters,
                             fault)
@@ -138,15 +138,19 @@ class CloudflareKVCache:
         result = self._reader.lookup(key, names, shape)
         if result is not None:
             return result
-        leader = snapshot is not None or self._stampede.lead(key)  # one query per stampede
-        if not leader:
-            result = self._stampede.await_result(key)
-            if result is not None:
-                return result
-        try:
-            return self._storer.fill(key, names, run, config, snapshot, shape)
+        locked = False  # one query per stampede, where a stampede would cost much
+        guarded = snapshot is None and self._stampede.guards(shape)
+        if guarded:
+            locked = self._stampede.lead(key)
+            if not locked:
+                result = self._stampede.await_result(key)
+                if result is not None:
+                    return result
+        try:  # followers wait for the result in L1: a guarded one is written there at once
+            return self._storer.fill(key, names, run, config, snapshot, shape,
+                                     defer_l1=not guarded)
         finally:
-            if snapshot is None and leader:
+            if locked:
                 self._stampede.end(key)
 
     def write(self, names: Sequence[str], run: Callable[[], T]) -> T:

@@ -3,18 +3,27 @@ its query once; the others wait for the result in L1, at most ``stampede_wait`` 
 
 The lock is an L1 key (``fill:<digest>``) added only if absent and expiring by itself, so a
 leader that dies cannot hold it past ``stampede_wait``. When L1 can't coordinate, everybody leads.
+
+Taking and releasing the lock are two L1 writes (a few hundred µs together): more than a cheap
+query costs, and a stampede of cheap queries costs little. So a shape is guarded only while its
+measured database time is unknown (a cold start, where stampedes happen) or at least
+``GUARD_MIN_DB_MS``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Hashable, Optional
 
 from ..core.codec import CachedResult
 from ..core.faults import Report
 from ..core.stats import Counters
 from ..levels.l1 import L1_FAULTS
+from .costs import CostModel
 from .reads import Reader
+
+#: a query shape whose database time is at least this (ms) is worth two L1 writes to run once
+GUARD_MIN_DB_MS = 2.0
 
 
 @dataclass(eq=False)
@@ -26,12 +35,18 @@ class Stampede:
     reader: Reader
     counters: Counters
     fault: Report
+    costs: CostModel
+
+    def guards(self, shape: Optional[Hashable]) -> bool:
+        """Whether a miss of ``shape`` should run once for all (see the module doc)."""
+        if not self.wait_s:
+            return False
+        known = self.costs.estimate(shape) if shape is not None else None
+        return known is None or known["db_ms"] >= GUARD_MIN_DB_MS
 
     def lead(self, digest: str) -> bool:
         """Claim the right to run the query for ``digest``. True for the leader, and when L1
         can't coordinate (nobody waits then)."""
-        if not self.wait_s:
-            return True
         try:
             return bool(self.l1.entries.add("fill:" + digest, 1, expire=self.wait_s))
         except L1_FAULTS as exc:

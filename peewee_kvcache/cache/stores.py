@@ -8,6 +8,7 @@ whose write landed more than ``max_put_delay`` after its query started.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -71,13 +72,14 @@ class Storer:
             return None
 
     def fill(self, key: str, names: Sequence[str], run: Callable[[], Any], config: CacheConfig,
-             snapshot: Optional[Snapshot], shape: Optional[Hashable] = None) -> Any:
+             snapshot: Optional[Snapshot], shape: Optional[Hashable] = None,
+             defer_l1: bool = False) -> Any:
         """What ``run()`` returns (a DB-API cursor), or its rows as a CachedResult once stored.
 
         ``snapshot``: the open transaction the query runs in. Its result is stamped with the
         transaction's start (a REPEATABLE READ snapshot predates the query, maybe another host's
         commit) and stored only if the transaction allows. The database's time (rows fetched)
-        is measured for ``shape``'s cost estimate."""
+        is measured for ``shape``'s cost estimate. ``defer_l1``: see :meth:`store`."""
         started_ms = snapshot.began_ms if snapshot is not None else now_ms()
         tokens = self.tokens(names)
         started = time.perf_counter()
@@ -87,14 +89,17 @@ class Storer:
         result = CachedResult(tuple(d[0] for d in cursor.description), cursor.fetchall())
         self.costs.db_ran(shape, (time.perf_counter() - started) * 1000)
         cursor.close()
-        self.store(key, names, tokens, result, config, started_ms)
+        self.store(key, names, tokens, result, config, started_ms, defer_l1)
         return result
 
     def store(self, digest: str, names: Sequence[str], tokens: Sequence[int],
               result: CachedResult, config: CacheConfig = DEFAULT_CONFIG,
-              started_ms: Optional[int] = None) -> bool:
+              started_ms: Optional[int] = None, defer_l1: bool = False) -> bool:
         """Store ``result`` under ``digest`` unless a name was bumped since ``tokens`` were read.
-        ``started_ms``: when the query started (read before the tokens); defaults to now."""
+        ``started_ms``: when the query started (read before the tokens); defaults to now.
+        ``defer_l1``: this process's memory holds the result at once, and the background writer
+        writes it to L1 with its L2 write (an L1 write costs as much as a cheap query; the
+        stamp keeps a late one from ever serving an invalidated result)."""
         settings = self.settings
         try:
             if not self.l1.is_current(names, tokens) or self.sweeper.distrusts(names):
@@ -112,13 +117,14 @@ class Storer:
         except L1_FAULTS as exc:
             self.fault("l1_errors", "preparing a store failed, the result is not stored", exc)
             return False
-        try:
-            self.reader.keep(digest, Entry(tuple(names), tuple(tokens), expires_at, now,
-                                            payload), result)
-        except L1_FAULTS as exc:
-            self.fault("l1_errors", "L1 write failed", exc)
+        entry = Entry(tuple(names), tuple(tokens), expires_at, now, payload)
+        oversized = len(payload) > MAX_VALUE_BYTES
+        defer_l1 = defer_l1 and not oversized  # an oversized entry is not sent: no writer task
+        self.reader.memory.put(digest, entry.holding(result))
+        if not defer_l1:
+            self._keep_l1(digest, entry)
         self.counters.incr("stores")
-        if len(payload) > MAX_VALUE_BYTES:
+        if oversized:
             self.counters.incr("oversized")  # stays in L1 only
             return True
         # KV's expiry is sent relative, measured here on the query's clock: the writer thread
@@ -131,8 +137,15 @@ class Storer:
         self.writer.submit(PutTask(
             max(1, len(names) - 1),
             lambda: layout.entry_pairs(digest, payload, names, ttl_s, started),
-            lambda: self._still_current(names, tokens), started, tuple(names), deadline))
+            lambda: self._still_current(names, tokens), started, tuple(names), deadline,
+            functools.partial(self._keep_l1, digest, entry) if defer_l1 else None))
         return True
+
+    def _keep_l1(self, digest: str, entry: Entry[bytes]) -> None:
+        try:
+            self.l1.set(digest, entry, entry.checked_at_ms)
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 write failed", exc)
 
     def _still_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
         try:
@@ -163,8 +176,11 @@ class PutSender:
         late = [task for task in tasks if now > task.deadline]
         if late:  # a late write could land after a re-sweep meant to catch it
             self.counters.incr("l2_puts_dropped_late", len(late))
-        live = [(task, task.build()) for task in tasks
-                if task not in late and task.still_valid()]
+        valid = [task for task in tasks if task.still_valid()]
+        for task in valid:
+            if task.keep_local is not None:
+                task.keep_local()
+        live = [(task, task.build()) for task in valid if task not in late]
         pairs = [pair for _, task_pairs in live for pair in task_pairs]
         if not pairs or not self.l2.put(pairs, lambda: self._unknown([t for t, _ in live])):
             return

@@ -41,6 +41,8 @@ class PutTask:
     #: the entry's stamp names: swept again if the write's outcome is unknown (it may land late)
     names: Tuple[str, ...] = ()
     deadline: float = math.inf
+    #: this host's copy (L1), written here, off the query's path, before the L2 write
+    keep_local: Optional[Callable[[], None]] = None
 
 
 Task = Union[PutTask, Callable[[], None]]
