@@ -3,10 +3,11 @@ shares with the REST client is the contract suite in test_kv_cloudflare.py."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Any, Iterator, List
 
 import pytest
 from freezegun import freeze_time
@@ -283,6 +284,79 @@ def test_processes_share_one_directory(tmp_path):
         assert len(list(namespace.list_all(f"w{w}:"))) == 300
         assert namespace.get(f"w{w}:0149") == f"{w}-149".encode()
     namespace.close()
+
+
+WAL_SWITCH = "PRAGMA journal_mode=WAL"
+TOGETHER = 4  # processes opening one new directory at once
+
+
+def _open_together(directory: str, barrier: Any, blocked: Any, report: Any, worker: int) -> None:
+    """Released with the others: open ``directory``'s namespace and write a key, then (once all
+    wrote) read everyone's. ``blocked`` is set once this process's switch to WAL failed or is
+    being tried a second time. Every worker passes both barriers, failed or not."""
+    attempts = 0
+    connect = sqlite3.connect
+
+    def watched(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        def trace(statement: str) -> None:
+            nonlocal attempts
+            attempts += statement == WAL_SWITCH
+            if attempts == 2:
+                blocked.set()
+
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(trace)
+        return conn
+
+    sqlite3.connect = watched  # type: ignore[assignment]  # this spawned process only
+    failures: List[str] = []
+    namespace = None
+    barrier.wait()
+    try:
+        namespace = LocalKVNamespace(directory)
+        namespace.put(f"w{worker}", str(worker).encode())
+    except KVError as exc:
+        failures.append(f"open and write: {exc}")
+        blocked.set()
+    barrier.wait()
+    if namespace is not None:
+        keys = [f"w{w}" for w in range(TOGETHER)]
+        found = namespace.bulk_get(keys)
+        if found != {key: str(w).encode() for w, key in enumerate(keys)}:
+            failures.append(f"read {found}")
+        namespace.close()
+    report.put((worker, failures))
+
+
+def test_processes_open_a_new_directory_together(tmp_path):
+    """Workers starting together (gunicorn's, on the default directory) all create the same
+    namespace. The file's first switch to WAL is held half-done (this process keeps the write
+    lock the switch needs, as the first opener's switch does) until every worker met it: a
+    switch that meets the lock fails at once whatever the busy timeout (core/wal.py), so each
+    must retry, then open, write and read."""
+    directory = tmp_path / "kv"
+    directory.mkdir()
+    holder = sqlite3.connect(str(directory / "kv.sqlite3"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(TOGETHER, timeout=60)
+    blocked = [ctx.Event() for _ in range(TOGETHER)]
+    report = ctx.Queue()
+    workers = [ctx.Process(target=_open_together,
+                           args=(str(directory), barrier, blocked[w], report, w))
+               for w in range(TOGETHER)]
+    for process in workers:
+        process.start()
+    try:
+        assert all(event.wait(60) for event in blocked)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    results = dict(report.get(timeout=60) for _ in workers)
+    for process in workers:
+        process.join(60)
+    assert results == {w: [] for w in range(TOGETHER)}
+    assert [p.exitcode for p in workers] == [0] * TOGETHER
 
 
 def test_threads_share_one_namespace(ns):

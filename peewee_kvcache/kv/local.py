@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..core import forksafe
+from ..core.wal import use_wal
 from . import codes, limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
@@ -126,8 +127,7 @@ class LocalKVNamespace(KVNamespace):
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                check_same_thread=False)
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, self._busy_timeout)  # a new file opened by several processes at once
             conn.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
                 if self._closed:

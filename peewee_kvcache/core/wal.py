@@ -1,0 +1,39 @@
+"""WAL mode for a SQLite file that several processes may open (and create) at the same moment.
+
+The busy timeout does not cover the switch to WAL: the ``journal_mode`` pragma reads the file's
+header under a read lock, then upgrades to the write lock to rewrite it. SQLite never waits for
+such an upgrade while another connection holds the write lock (both could be waiting for the
+other), it fails at once with "database is locked" — what two processes opening a new file
+together meet. So the switch is retried until the connection's busy timeout has passed; a retry
+after the winner's switch finds the file in WAL mode and only reads.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+#: first pause between attempts (doubled each time, up to the second)
+FIRST_PAUSE_S = 0.001
+MAX_PAUSE_S = 0.05
+
+
+def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put ``conn``'s file in WAL mode, retrying a lock conflict for up to ``timeout`` seconds.
+
+    Raises ``sqlite3.OperationalError`` when the file is still locked after ``timeout`` or when
+    SQLite keeps another journal mode (a file system without WAL support)."""
+    deadline = time.monotonic() + timeout
+    pause = FIRST_PAUSE_S
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            # SQLITE_BUSY's message (sqlite_errorcode only exists from Python 3.11)
+            if str(exc) != "database is locked" or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, MAX_PAUSE_S)
+            continue
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"SQLite kept journal mode {mode!r} instead of WAL")
+        return
