@@ -101,6 +101,24 @@ def test_a_cheap_shape_takes_no_fill_lock_and_is_written_to_l1_in_the_background
     assert neighbour.cache.get_stats().l1_hits == 3 and len(runs) == 4
 
 
+def test_in_lists_of_every_length_are_one_shape(slow_db, monkeypatch):
+    """What a shape costs is known from one IN-list length for every other."""
+    db, runs = slow_db
+    db._delay = 0
+
+    def by_ids(ids: list) -> list:
+        return [i.name for i in Item.select().where(Item.id.in_(ids)).with_cache()]
+
+    assert by_ids([1]) == ["a"]  # an unknown shape: guarded; now known to be cheap
+    locks = []
+    real_add = db.cache.l1.entries.add
+    monkeypatch.setattr(db.cache.l1.entries, "add",
+                        lambda key, *args, **kwargs: locks.append(key) or real_add(
+                            key, *args, **kwargs))
+    assert [by_ids(list(range(1, n))) for n in (3, 7, 20)] == [["a"]] * 3
+    assert locks == []
+
+
 def test_followers_fall_back_when_the_leader_is_too_slow(slow_db, make_cache, monkeypatch):
     db, runs = slow_db
     monkeypatch.setattr(db, "cache", make_cache("quick", stampede_wait=0.2))

@@ -20,6 +20,7 @@ import contextvars
 import functools
 import threading
 import weakref
+from dataclasses import replace
 from typing import Any, Optional, Sequence, Tuple
 
 import peewee
@@ -28,6 +29,7 @@ from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
 from ..cache.facade import CloudflareKVCache
 from ..core.config import now_ms
 from ..sql import memo
+from ..sql.lexer import normal_form
 from ..sql.info import SqlInfo
 from . import statements
 from .connection import Session, Sessions, Transaction
@@ -119,6 +121,8 @@ class CachedDatabase:
         info = analyze_query(query, sql) if query is not None else None
         if info is None:
             info = memo.parse(sql, self._kv_dialect)
+        if info.kind == "select":  # a lookup by 3 ids costs about what one by 4 ids does
+            info = replace(info, shape=normal_form(sql))
         return memo.remember(self._kv_texts, sql, info)
 
     def _run(self, sql: str, params: Any, *args: Any, **kwargs: Any) -> Any:

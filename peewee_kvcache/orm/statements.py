@@ -54,7 +54,7 @@ def read(cache: CloudflareKVCache, session: Session, sql: str, params: Any, info
         log.debug("peewee_kvcache: not caching: %s", exc)
         cache.counters.incr("uncacheable")
         return send()
-    result = cache.read(key, names, send, options.config, txn, shape=sql)
+    result = cache.read(key, names, send, options.config, txn, shape=info.shape or sql)
     return CachedCursor(result) if isinstance(result, CachedResult) else result
 
 

@@ -26,6 +26,9 @@ class SqlInfo:
     session: str = ""
     #: a batch's statements, in order (empty for one statement)
     steps: Tuple["SqlInfo", ...] = ()
+    #: a SELECT's query shape: its text with IN lists of every length as one (see
+    #: lexer.normal_form), what costs are measured per; "" until the database sets it
+    shape: str = ""
 
 
 #: a session change no other connection can be known to share (see :func:`.control.session_key`)
