@@ -4,18 +4,33 @@ diskcache directory per host, an L2 Workers KV namespace shared by every host).
 Importing the package adds ``with_cache()`` to every Peewee select (``orm.query.uninstall()``
 takes it away again); ``with_cache(query, ...)`` is the same, typed for type checkers.
 """
+from typing import TYPE_CHECKING, Any
+
 from .cache.facade import CloudflareKVCache
 from .core.codec import CachedResult
 from .core.config import CacheConfig
 from .core.stats import CacheStats
-from .kv.cloudflare import CloudflareKVNamespace, RequestBudget
+from .kv.budget import RequestBudget
 from .kv.local import LocalKVNamespace
 from .orm.database import (CachedDatabase, CachedMySQLDatabase, CachedPooledPostgresqlDatabase,
                            CachedPostgresqlDatabase, CachedSqliteDatabase)
 from .orm.query import install as _install
 from .orm.query import with_cache
 
+if TYPE_CHECKING:
+    from .kv.cloudflare import CloudflareKVNamespace
+
 _install()
+
+
+def __getattr__(name: str) -> Any:
+    """``CloudflareKVNamespace`` is imported when first asked for: it loads requests and urllib3
+    (some 50 ms), which an application on the local KV never needs."""
+    if name == "CloudflareKVNamespace":
+        from .kv.cloudflare import CloudflareKVNamespace
+        return CloudflareKVNamespace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CachedDatabase", "CachedPostgresqlDatabase", "CachedPooledPostgresqlDatabase",
