@@ -28,10 +28,13 @@ def write(db, value):
 
 @pytest.fixture
 def two_hosts_sqlite(make_cache, tmp_path):
-    """Two 'hosts': separate L1 directories, one KV namespace, one database file."""
+    """Two 'hosts': separate L1 directories, one KV namespace, one database file. Every miss
+    (and every aged entry) asks L2: these tests are about what L2 answers, not about whether
+    asking it pays (test_l2_costs.py)."""
     path = str(tmp_path / "shared.db")
-    a = CachedSqliteDatabase(path, cache=make_cache("l1-a", l1_max_age=1, max_put_delay=0.5))
-    b = CachedSqliteDatabase(path, cache=make_cache("l1-b", l1_max_age=1, max_put_delay=0.5))
+    options = dict(l1_max_age=1, max_put_delay=0.5, l2_reads="always")
+    a = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
+    b = CachedSqliteDatabase(path, cache=make_cache("l1-b", **options))
     with a.bind_ctx([Row]):
         a.create_tables([Row])
         Row.create(value=1)

@@ -46,7 +46,7 @@ def distinct_miss(i: int):
                                    Fault("timeout", endpoint="get", delay=2.0)],
                          ids=["status-503", "timeout"])
 def test_a_failed_l1_recheck_is_the_querys_only_kv_read(fault, server, kv_cache, make_db):
-    cache = kv_cache(l1_max_age=0.2)
+    cache = kv_cache(l1_max_age=0.2, l2_reads="always")  # an aged entry is re-checked on the path
     db = make_db(cache)
     Item.create(name="a")
     assert names() == ["a"]
@@ -62,7 +62,7 @@ def test_a_failed_l1_recheck_is_the_querys_only_kv_read(fault, server, kv_cache,
 
 def test_an_l1_recheck_that_finds_nothing_is_not_followed_by_another_read(server, kv_cache,
                                                                           make_db):
-    cache = kv_cache(l1_max_age=0.2)
+    cache = kv_cache(l1_max_age=0.2, l2_reads="always")
     make_db(cache)
     Item.create(name="a")
     assert names() == ["a"]

@@ -38,16 +38,19 @@ class CostModel:
     def ask_l2(self, shape: Optional[Hashable]) -> bool:
         """Whether a miss of ``shape`` should ask L2 before the database. Without a shape (the
         low-level get/put API) and until L2's latency is known, it asks."""
+        if self.would_ask(shape):
+            return True
+        known = self._shapes.get(shape)  # None: the database's cost is unknown, run it first
+        return (known is not None and self.l2_ms is not None and self.l2_ms < known[0]
+                and next(self._explored) % self._explore_every == 0)
+
+    def would_ask(self, shape: Optional[Hashable]) -> bool:
+        """:meth:`ask_l2` without its occasional exploring ask (for ``explain``)."""
         l2_ms = self.l2_ms
         if self._always or shape is None or l2_ms is None:
             return True
         known = self._shapes.get(shape)
-        if known is None:  # the database's cost is unknown: run it once and learn
-            return False
-        db_ms, hit_rate = known
-        if l2_ms < hit_rate * db_ms:
-            return True
-        return l2_ms < db_ms and next(self._explored) % self._explore_every == 0
+        return known is not None and l2_ms < known[1] * known[0]
 
     def l2_read(self, shape: Optional[Hashable], elapsed_ms: float, found: bool) -> None:
         """A read that reached L2 took ``elapsed_ms`` and found (or not) a usable entry."""

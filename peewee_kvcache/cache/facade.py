@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import (Any, Callable, Hashable, Iterable, List, Optional, Sequence, Tuple, TypeVar,
-                    Union)
+from typing import (Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple,
+                    TypeVar, Union)
 
-from ..core.codec import CachedResult
 from ..core.config import DEFAULT_CONFIG, CacheConfig
 from ..core.faults import report
 from ..core.names import table_name, table_names_of, tag_list, tag_name
@@ -29,8 +28,9 @@ from ..levels.l1 import L1_FAULTS, L1Store, UnavailableStore
 from ..levels.memory import MemoryLevel
 from .admin import Admin
 from .costs import CostModel
+from .seed import SeedAPI
 from .invalidations import Invalidations, Listener
-from .keys import digest_of, seed_key
+from .keys import digest_of
 from .reads import Reader
 from .settings import CacheSettings, default_directory
 from .stampede import Stampede
@@ -53,7 +53,7 @@ def _open_l1(settings: CacheSettings, counters: Counters) -> Tuple[Any, Any]:
                 UnavailableOutbox(directory, exc, lease_ms=settings.outbox_lease_ms))
 
 
-class CloudflareKVCache:
+class CloudflareKVCache(SeedAPI):
     """A query-result cache: process memory and an L1 diskcache directory on this host, L2 a
     (Cloudflare or local) KV namespace shared by every host.
 
@@ -158,6 +158,19 @@ class CloudflareKVCache:
         sweep is recorded durably before, the tokens bumped and the sweep sent after."""
         return self._invalidations.around(names, run)
 
+    def explain(self, query: Any, database: Any = None) -> Any:
+        """Why ``query`` is or isn't cached: its tables and tags, whether it can be cached and
+        why not, its key, what each level holds and which would serve it now (``str()`` for
+        people, ``.as_dict()`` for scripts). ``query``: a Peewee select bound to a database
+        using this cache, or a SQL string with that ``database``. Nothing runs; L2 is read
+        once."""
+        database = database if database is not None else getattr(query, "_database", None)
+        explain = getattr(database, "_kv_explain", None)
+        if explain is None or getattr(database, "cache", None) is not self:
+            raise TypeError(f"query must be bound to a database using this cache (or that "
+                            f"database given), got {type(query).__name__} and {database!r}")
+        return explain(query, self._reader.probe)
+
     def seq(self) -> Optional[int]:
         """The token counter (a transaction's baseline); None on fault."""
         return self._storer.seq()
@@ -202,25 +215,6 @@ class CloudflareKVCache:
                   ) -> None:
         """The seed's name for :meth:`invalidate`."""
         self.invalidate(tables, tags)
-
-    def get(self, key: str, tables: Iterable[Any] = (), is_tag: bool = False,
-            is_auto_invalidate: bool = True) -> Optional[CachedResult]:
-        """Look up a result stored with :meth:`put` under the same arguments."""
-        digest, names = seed_key(key, tables, is_tag, is_auto_invalidate)
-        return self._reader.lookup(digest, names)
-
-    def put(self, hashed_query: str, response: CachedResult, tables: Iterable[Any] = (),
-            is_tag: bool = False, config: Optional[CacheConfig] = None,
-            is_auto_invalidate: bool = True) -> bool:
-        """Store ``response`` under ``hashed_query`` (or under the tag ``hashed_query``)."""
-        if not isinstance(response, CachedResult):
-            raise TypeError(f"response must be a CachedResult, got {type(response).__name__}")
-        if config is not None and not isinstance(config, CacheConfig):
-            raise TypeError(f"config must be a CacheConfig or None, got {config!r}")
-        digest, names = seed_key(hashed_query, tables, is_tag, is_auto_invalidate)
-        tokens = self._storer.tokens(names)
-        return tokens is not None and self._storer.store(digest, names, tokens, response,
-                                                         config or DEFAULT_CONFIG)
 
     def get_stats(self) -> CacheStats:
         """Counters of this process plus key counts read from L2 (right across hosts)."""

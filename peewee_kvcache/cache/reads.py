@@ -10,7 +10,7 @@ Every fault is a miss, logged and counted: the caller (a query) goes to the data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 from ..core.codec import CachedResult, CodecError, SignatureError, decode_entry, decode_entry_full
 from ..core.config import now_ms
@@ -94,6 +94,36 @@ class Reader:
         self.counters.incr("l1_hits")
         return result, False
 
+    def probe(self, digest: str, names: Sequence[str], shape: Optional[Hashable]
+              ) -> Dict[str, Any]:
+        """What each level holds for ``digest`` and which would serve it now, changing nothing
+        (but one L2 read): for ``explain``."""
+        now = now_ms()
+        levels = {"memory": self._describe(self.memory.get(digest), now),
+                  "l1": self._describe(self.l1.get(digest), now)}
+        raw = self.l2.read("L2 read for explain failed", self.l2.layout.entry_key(digest, names))
+        decoded = self._decode_l2(digest, raw, now, names) if raw is not None else None
+        levels["l2"] = {"holds": raw is not None, "valid": decoded is not None,
+                        "expires_in_s": (decoded[1] - now) / 1000 if decoded else None}
+        served_by = next((level for level in ("memory", "l1") if levels[level]["serves"]), None)
+        if served_by is None:
+            asks = self.costs.would_ask(shape)
+            served_by = "l2" if asks and decoded is not None else "database"
+        return {"levels": levels, "served_by": served_by, "l2_asked_on_miss":
+                self.costs.would_ask(shape), "costs": self.costs.estimate(shape)
+                if shape is not None else None, "l2_ms": self.costs.l2_ms}
+
+    def _describe(self, entry: Optional[Entry[Any]], now: int) -> Dict[str, Any]:
+        """One level's entry: held, valid (unexpired, stamp current), checked how long ago, and
+        whether it is served now (checked within ``l1_max_age``)."""
+        if entry is None:
+            return {"holds": False, "valid": False, "serves": False}
+        valid = self._valid(entry, now)
+        age_ms = now - entry.checked_at_ms
+        return {"holds": True, "valid": valid, "expires_in_s": (entry.expires_at_ms - now) / 1000,
+                "checked_s_ago": age_ms / 1000,
+                "serves": valid and (self._max_age_ms is None or age_ms <= self._max_age_ms)}
+
     def keep(self, digest: str, entry: Entry[bytes], result: CachedResult) -> None:
         """Hold ``entry`` in L1 and its decoded ``result`` in this process's memory."""
         self.l1.set(digest, entry, entry.checked_at_ms)
@@ -172,16 +202,15 @@ class Reader:
             return None
         raw, elapsed_ms = self.l2.timed_read("L2 read failed, counted as a miss",
                                              self.l2.layout.entry_key(digest, names))
-        decoded = None
-        if raw is not None:
-            now = now_ms()
-            try:
-                decoded = self._decode_l2(digest, raw, now, names)
-            except L1_FAULTS as exc:
-                self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
+        now = now_ms()
+        try:
+            decoded = self._decode_l2(digest, raw, now, names) if raw is not None else None
+        except L1_FAULTS as exc:
+            self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
+            decoded = None
         if elapsed_ms is not None:
             self.costs.l2_read(shape, elapsed_ms, decoded is not None)
-        if decoded is None:
+        if raw is None or decoded is None:
             return None
         result, expires_at_ms = decoded
         try:  # the backfill keeps the L2 entry's remaining lifetime

@@ -33,6 +33,7 @@ from ..sql.lexer import normal_form
 from ..sql.info import SqlInfo
 from . import statements
 from .connection import Session, Sessions, Transaction
+from .explain import Explanation, Probe, explain
 from .keys import Keys, dialect_of
 from .notify import NotifyInline, PostgresNotifications
 from .query import CacheOptions, options_for
@@ -168,6 +169,15 @@ class CachedDatabase:
         txn = self._kv_open_transaction()
         if txn is not None:
             txn.invalidated.update(names)
+
+    def explain_cache(self, query: Any) -> Explanation:
+        """Why ``query`` (a query object, or a SQL string run here) is or isn't cached, and
+        what each level holds for it: ``db.cache.explain(query, db)``."""
+        return self.cache.explain(query, self)
+
+    def _kv_explain(self, query: Any, probe: Probe) -> Explanation:
+        """The Peewee layer's half of :meth:`CloudflareKVCache.explain` (see explain.py)."""
+        return explain(self, query, probe)
 
     def _kv_broadcast(self, names: Sequence[str], send: statements.Send,
                       where: str) -> statements.Send:
