@@ -11,11 +11,12 @@ import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import peewee
 
 from ..cache.facade import CloudflareKVCache
+from ..orm.query import with_cache
 
 TTL = 120
 ROUNDS = 15
@@ -27,6 +28,7 @@ class _Model(peewee.Model):
 
 
 class Author(_Model):
+    id = peewee.AutoField()
     name = peewee.CharField(max_length=64)
     country = peewee.CharField(max_length=2)
 
@@ -35,6 +37,7 @@ class Author(_Model):
 
 
 class Book(_Model):
+    id = peewee.AutoField()
     author = peewee.ForeignKeyField(Author, backref="books", on_delete="CASCADE")
     title = peewee.CharField(max_length=128)
     year = peewee.IntegerField()
@@ -44,6 +47,7 @@ class Book(_Model):
 
 
 class Review(_Model):
+    id = peewee.AutoField()
     book = peewee.ForeignKeyField(Book, backref="reviews", on_delete="CASCADE")
     stars = peewee.IntegerField()
 
@@ -54,7 +58,7 @@ class Review(_Model):
 MODELS = [Author, Book, Review]
 AUTHORS_IN_FRANCE = "authors in France (1 table)"
 TOP_AUTHORS = "top-rated authors (join of 3, AVG)"
-QUERIES: Dict[str, Callable[[], peewee.Query]] = {
+QUERIES: Dict[str, Callable[[], peewee.SelectBase]] = {
     AUTHORS_IN_FRANCE: lambda: (Author.select(Author.id, Author.name)
                                 .where(Author.country == "FR").order_by(Author.name)),
     TOP_AUTHORS: lambda: (Author.select(Author.name, peewee.fn.COUNT(Review.id).alias("reviews"),
@@ -64,13 +68,18 @@ QUERIES: Dict[str, Callable[[], peewee.Query]] = {
 }
 #: the counters each step reports as deltas
 SHOWN = ("hits", "misses", "memory_hits", "l1_hits", "l2_hits", "stores", "invalidations",
-         "bypassed_in_transaction", "l1_rechecks")
+         "bypassed_in_transaction", "l1_rechecks", "l2_skipped_cost")
 STEP_COUNT = 8
+#: QueryRun.l2 of a miss that did not ask L2: for its query shape L2 costs more than it saves
+NOT_ASKED = "not asked"
+INSIDE = "inside the transaction"
+AFTER_ROLLBACK = "after ROLLBACK"
 
 
 @dataclass(frozen=True)
 class QueryRun:
-    """One read: what each level answered (``hit``, ``miss`` or ``-`` when not asked)."""
+    """One read: what each level answered (``hit``, ``miss``, ``not asked`` for L2, or ``-``
+    when a nearer level answered). ``when``: where it ran, in a step that says so."""
 
     query: str
     l1: str
@@ -78,6 +87,7 @@ class QueryRun:
     served_by: str
     ms: float
     rows: int
+    when: str = ""
 
 
 @dataclass
@@ -90,12 +100,19 @@ class Step:
 
 @dataclass
 class DemoReport:
+    """What the demo did. ``backend``: sqlite, postgresql or mysql. ``timings_ms``: per query,
+    the median ms of a database read, a memory hit and an L2 hit (None: L2 was never asked, as
+    the database answers that query faster). ``resweep_after_s``: when a write's second L2 sweep
+    runs after its first (what ``outbox_jobs`` holds once the first sweeps are done)."""
+
     database: str
+    backend: str
     kv: str
     steps: List[Step]
-    timings_ms: Dict[str, Dict[str, float]]
+    timings_ms: Dict[str, Dict[str, Optional[float]]]
     totals: Dict[str, int]
     final_stats: Dict[str, Any]
+    resweep_after_s: float
     seconds: float
 
     def as_dict(self) -> Dict[str, Any]:
@@ -114,7 +131,24 @@ def _levels(delta: Dict[str, int]) -> Tuple[str, str, str]:
         return "miss", "hit", "L2"
     if delta["bypassed_in_transaction"]:
         return "-", "-", "database (transaction wrote a table it reads)"
+    if delta["l2_skipped_cost"]:
+        return "miss", NOT_ASKED, "database"
     return "miss", "miss", "database"
+
+
+def _backend(db: peewee.Database) -> str:
+    for backend, cls in (("sqlite", peewee.SqliteDatabase),
+                         ("postgresql", peewee.PostgresqlDatabase),
+                         ("mysql", peewee.MySQLDatabase)):
+        if isinstance(db, cls):
+            return backend
+    return type(db).__name__
+
+
+def _median(runs: List[QueryRun], served_by: str) -> Optional[float]:
+    """Median ms of the reads ``served_by`` answered; None when it answered none."""
+    times = [run.ms for run in runs if run.served_by == served_by]
+    return round(statistics.median(times), 3) if times else None
 
 
 class _Rollback(Exception):
@@ -133,21 +167,21 @@ class Demo:
         self.on_step = on_step
         self.rounds = rounds
         self.steps: List[Step] = []
-        self.timings_ms: Dict[str, Dict[str, float]] = {}
+        self.timings_ms: Dict[str, Dict[str, Optional[float]]] = {}
 
     def _counters(self) -> Dict[str, int]:
         return self.cache.counters.snapshot()
 
-    def read(self, name: str, cached: bool = True) -> QueryRun:
-        query = QUERIES[name]()
-        query = query.with_cache(ex=TTL) if cached else query.with_cache(False)
+    def read(self, name: str, cached: bool = True, when: str = "") -> QueryRun:
+        query = with_cache(QUERIES[name](), ex=TTL) if cached else with_cache(QUERIES[name](),
+                                                                             False)
         before = self._counters()
         started = time.perf_counter()
         rows = list(query.dicts())
         ms = (time.perf_counter() - started) * 1000
         after = self._counters()
         l1, l2, served_by = _levels({k: after[k] - before[k] for k in SHOWN})
-        return QueryRun(name, l1, l2, served_by, round(ms, 3), len(rows))
+        return QueryRun(name, l1, l2, served_by, round(ms, 3), len(rows), when)
 
     def step(self, title: str, note: str, body: Callable[[], List[QueryRun]]) -> Step:
         before = self._counters()
@@ -188,12 +222,12 @@ class Demo:
         try:
             with self.db.atomic():
                 Review.delete().execute()
-                runs.append(self.read(TOP_AUTHORS))
-                runs.append(self.read(AUTHORS_IN_FRANCE))
+                runs.append(self.read(TOP_AUTHORS, when=INSIDE))
+                runs.append(self.read(AUTHORS_IN_FRANCE, when=INSIDE))
                 raise _Rollback
         except _Rollback:
             pass
-        runs.append(self.read(TOP_AUTHORS))
+        runs.append(self.read(TOP_AUTHORS, when=AFTER_ROLLBACK))
         return runs
 
     def l1_emptied(self) -> List[QueryRun]:
@@ -202,19 +236,19 @@ class Demo:
         return [self.read(TOP_AUTHORS), self.read(AUTHORS_IN_FRANCE), self.read(TOP_AUTHORS)]
 
     def time_reads(self) -> List[QueryRun]:
-        """Median milliseconds per read: database only, L1 hit, L2 hit (L1 emptied first)."""
-        result = {}
+        """Median milliseconds per read: database only, memory hit, L2 hit (this host's copies
+        forgotten before each; the reads L2 did not serve, as it did not pay, are left out)."""
+        result: Dict[str, Dict[str, Optional[float]]] = {}
         for name in QUERIES:
-            database = [self.read(name, cached=False).ms for _ in range(self.rounds)]
+            database = [self.read(name, cached=False) for _ in range(self.rounds)]
             self.read(name)
-            l1 = [self.read(name).ms for _ in range(self.rounds)]
+            memory = [self.read(name) for _ in range(self.rounds)]
             l2 = []
             for _ in range(self.rounds):
                 self.cache.clear_local()
-                l2.append(self.read(name).ms)
-            result[name] = {"database": round(statistics.median(database), 3),
-                            "l1": round(statistics.median(l1), 3),
-                            "l2": round(statistics.median(l2), 3)}
+                l2.append(self.read(name))
+            result[name] = {"database": _median(database, "database"),
+                            "memory": _median(memory, "memory"), "l2": _median(l2, "L2")}
         self.timings_ms = result
         return []
 
@@ -231,8 +265,14 @@ class Demo:
         self.seed()
         self.step("Set up", "3 tables, 36 authors, 360 books, 10,800 reviews; counters reset",
                   lambda: [])
-        self.step("First reads", "nothing cached yet: every level misses, the database answers "
-                  "and the results are stored in L1 and L2", lambda: [self.read(q) for q in both])
+        self.step("First reads", "nothing cached yet: the database answers and the result is "
+                  "stored. A query's first read costs more than the query alone: its tables are "
+                  "read from Peewee's query tree, the lock that keeps other processes from "
+                  "running it too is taken (its cost is not known yet), and the result is "
+                  "encoded and stored (memory and L1 now, L2 in the background). L2 is asked "
+                  "only where it pays: a query never run here goes to the database, which "
+                  "measures it; only the very first read, before L2's speed is known, asks L2",
+                  lambda: [self.read(q) for q in both])
         self.step("Same reads again", "served on this host (process memory, else L1): no "
                   "database round trip",
                   lambda: [self.read(q) for q in both])
@@ -242,16 +282,22 @@ class Demo:
                   "authors query did not: still a hit",
                   lambda: [self.read(TOP_AUTHORS), self.read(AUTHORS_IN_FRANCE),
                            self.read(TOP_AUTHORS)])
-        self.step("Transaction rolled back", "inside: all reviews deleted, the join goes to the "
-                  "database (0 rows), the authors query still hits; after ROLLBACK nothing was "
-                  "invalidated and the cache serves the original rows", self.rolled_back)
-        self.step("L1 emptied (a new host, a restart)", "L2 serves what this host lost and "
-                  "refills L1 and memory: the next read is served on this host again",
+        self.step("Transaction rolled back", f"{INSIDE}, after DELETE FROM pkv_demo_review: "
+                  "the join reads a table the transaction wrote, so the database answers (0 "
+                  "rows) and nothing is stored; the authors query still hits. "
+                  f"{AFTER_ROLLBACK}: nothing was invalidated, the cache serves the original "
+                  "rows", self.rolled_back)
+        self.step("L1 emptied (a new host, a restart)", "L2 serves what this host lost where "
+                  "asking it pays (L2 answers faster than the database, as measured so far); "
+                  f"L2 '{NOT_ASKED}': the database answers that query faster. Either way the "
+                  "result is kept here: the next read is served on this host again",
                   self.l1_emptied)
         self.step("Timing", f"median of {self.rounds} reads each: database only "
-                  "(with_cache(False)), L1 hit, L2 hit (L1 emptied before each)", self.time_reads)
+                  "(with_cache(False)), memory hit, L2 hit (this host's copies forgotten "
+                  "before each)", self.time_reads)
         totals = {name: sum(step.counters[name] for step in self.steps) for name in SHOWN}
         self.cache.drain()
-        return DemoReport(database, kv, self.steps, self.timings_ms, totals,
+        return DemoReport(database, _backend(self.db), kv, self.steps, self.timings_ms, totals,
                           self.cache.get_stats().as_dict(),
+                          self.cache.settings.resweep_after_ms / 1000,
                           round(time.perf_counter() - started, 2))
