@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,16 +30,20 @@ CF_ENV = {"CLOUDFLARE_ACCOUNT_ID": "acc", "CLOUDFLARE_KV_NAMESPACE_ID": "ns",
           "CLOUDFLARE_API_TOKEN": TOKEN}
 
 
-def run_cli(*args: str, env: Optional[Dict[str, str]] = None, stdin: str = "",
-            timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the command line with a clean cache configuration (no inherited CLOUDFLARE_* or
-    PEEWEE_KVCACHE_* variables) plus ``env``."""
+def cli_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """A clean cache configuration (no inherited CLOUDFLARE_* or PEEWEE_KVCACHE_* variables)
+    plus ``env``."""
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("CLOUDFLARE_", "PEEWEE_KVCACHE_"))}
     clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "peewee_kvcache", *args],
-                          env={**clean, **(env or {})}, input=stdin, capture_output=True,
-                          text=True, timeout=timeout)
+    return {**clean, **(env or {})}
+
+
+def run_cli(*args: str, env: Optional[Dict[str, str]] = None, stdin: str = "",
+            timeout: float = 120, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run the command line in a clean environment (see :func:`cli_env`)."""
+    return subprocess.run([sys.executable, "-m", "peewee_kvcache", *args], env=cli_env(env),
+                          input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def run_json(*args: str, env: Optional[Dict[str, str]] = None) -> dict:
@@ -126,6 +131,17 @@ def one_line_error(result: subprocess.CompletedProcess, code: int) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def json_error(result: subprocess.CompletedProcess, code: int) -> Dict[str, object]:
+    """Under --json a failure is one JSON document on stdout (and its line on stderr, the last
+    one: clear's question comes before it)."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    error = json.loads(result.stdout)["error"]
+    assert error["exit_code"] == code and line == f"{error['command']}: {error['message']}"
+    return error
 
 
 def free_port() -> int:
@@ -236,6 +252,35 @@ def test_demo_on_postgresql(pg_schema, env):
     db.close()
 
 
+def test_demo_on_sqlite_urls(tmp_path, env):
+    """What the help shows: sqlite:///relative/path from the current directory (so
+    sqlite:///tmp/x.db is ./tmp/x.db), sqlite:////absolute/path; a missing directory is a usage
+    error naming both readings."""
+    (tmp_path / "tmp").mkdir()
+    help_text = " ".join(run_cli("demo", "--help").stdout.split())
+    assert "sqlite:///relative/path.db or sqlite:////absolute/path.db" in help_text
+    relative = run_cli("demo", "--json", "--database", "sqlite:///tmp/x.db", env=env,
+                       cwd=tmp_path)
+    assert relative.returncode == 0, relative.stderr
+    assert json.loads(relative.stdout)["database"] == "sqlite:///tmp/x.db"
+    assert (tmp_path / "tmp" / "x.db").is_file()
+    absolute = tmp_path / "abs.db"
+    result = run_cli("demo", "--json", "--database", f"sqlite:///{absolute}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert absolute.is_file()
+    db = peewee.SqliteDatabase(str(absolute))
+    assert db.get_tables() == []  # the demo dropped its tables
+    db.close()
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    line = one_line_error(run_cli("demo", "--database", "sqlite:///tmp/x.db", env=env,
+                                  cwd=elsewhere), 2)
+    assert line == (f"peewee-kvcache demo: --database sqlite:///tmp/x.db: no directory "
+                    f"{elsewhere}/tmp for the SQLite file 'tmp/x.db' (sqlite:///relative/path "
+                    "is read from the current directory, sqlite:////absolute/path from /); "
+                    "for /tmp/x.db write sqlite:////tmp/x.db")
+
+
 def test_demo_database_errors(env):
     line = one_line_error(run_cli("demo", "--database", "oracle://db/x", env=env), 2)
     assert "unsupported scheme 'oracle'" in line
@@ -293,7 +338,9 @@ def test_configuration_errors_exit_2(tmp_path, env, populated):
 def test_invalidate_table_removes_its_entries(populated, env, tmp_path):
     assert author_and_book_hits(env, tmp_path) == {"author_hits": 1, "book_hits": 1}
     report = run_json("invalidate", "--table", "Author", env=env)
-    assert report == {"tables": ["author"], "tags": [], "l2_swept": True}
+    # the 3 author queries and the join, whose entry lives under its first table
+    assert report == {"tables": ["author"], "tags": [], "l2_swept": True, "l2_keys_deleted": 4,
+                      "l2_keys_by_name": {"table author": 4}, "warnings": []}
     cache = open_cache(env)
     try:
         keys = cache.l2_entry_keys()
@@ -308,8 +355,28 @@ def test_invalidate_table_removes_its_entries(populated, env, tmp_path):
 def test_invalidate_tag_and_human_output(populated, env):
     result = run_cli("invalidate", "--tag", "extra", env=env)
     assert result.returncode == 0, result.stderr
-    assert "tag extra" in result.stdout
+    assert result.stdout.startswith("Invalidated tag extra: L1 tokens renewed, 2 L2 keys "
+                                    "deleted from local KV namespace")  # marker and entry
+    assert result.stderr == ""
     assert run_json("stats", env=env)["total_keys"] == populated["total_keys"] - 1
+
+
+def test_invalidate_a_name_nothing_depends_on_warns(populated, env):
+    """The CLI knows no models: a name under which L2 holds nothing (a typo, a model's class
+    name instead of its table's) is reported, and the exit code stays 0 (it was done)."""
+    result = run_cli("invalidate", "--table", "no_such_table", "--table", "book", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "peewee-kvcache invalidate: warning: no cached entries in L2 depend on table "
+        "no_such_table (is it the table's name in the database, as in Meta.table_name?)"]
+    # the book query, the join's marker under book and the join it points at
+    assert "Invalidated table no_such_table, table book: L1 tokens renewed, 3 L2 keys " \
+        "deleted" in result.stdout
+    report = run_json("invalidate", "--tag", "nothing", "--table", "author", env=env)
+    assert report["l2_keys_by_name"] == {"table author": 3, "tag nothing": 0}
+    assert report["l2_keys_deleted"] == 3
+    assert report["warnings"] == ["no cached entries in L2 carry tag nothing"]
+    assert run_json("stats", env=env)["total_keys"] == 0
 
 
 def test_invalidate_needs_a_table_or_a_tag(env, populated):
@@ -393,6 +460,71 @@ def test_index_rebuild_and_clear_page_through_thousands_of_keys(populated, env):
     namespace.close()
 
 
+# --- errors under --json ---------------------------------------------------------------------
+
+def test_json_errors_are_json_on_stdout(tmp_path, env, populated):
+    usage = json_error(run_cli("stats", "--json", "--bogus", env=env), 2)
+    assert usage == {"command": "peewee-kvcache", "exit_code": 2,
+                     "message": "error: unrecognized arguments: --bogus"}
+    config = json_error(run_cli("stats", "--json", env={**env, "PEEWEE_KVCACHE_KV_DIR":
+                                                        str(tmp_path / "typo")}), 2)
+    assert config["command"] == "peewee-kvcache stats"
+    assert config["message"].startswith("no local KV namespace at")
+    declined = json_error(run_cli("clear", "--json", env=env, stdin="n\n"), 1)
+    assert declined["message"] == "aborted: nothing was deleted"
+    cf = {**CF_ENV, **env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{free_port()}/client/v4"}
+    unreachable = json_error(run_cli("index", "rebuild", "--json", "--kv", "cloudflare",
+                                     env=cf), 1)
+    assert unreachable["command"] == "peewee-kvcache index rebuild"
+    assert unreachable["message"].startswith("KV error: ") and TOKEN not in unreachable["message"]
+
+
+def test_without_json_a_usage_error_shows_the_usage(env):
+    result = run_cli("stats", "--bogus", env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: peewee-kvcache")
+    assert result.stderr.splitlines()[-1] == \
+        "peewee-kvcache: error: unrecognized arguments: --bogus"
+
+
+# --- serve-kv -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_serve_kv_bad_port_is_a_usage_error(tmp_path, port):
+    result = run_cli("serve-kv", "--data", str(tmp_path / "kv"), "--port", port)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "usage: peewee-kvcache serve-kv" in result.stderr
+    assert result.stderr.splitlines()[-1] == ("peewee-kvcache serve-kv: error: argument --port: "
+                                              f"expected a port from 0 to 65535, not '{port}'")
+    error = json_error(run_cli("serve-kv", "--json", "--data", str(tmp_path), "--port", port), 2)
+    assert error["command"] == "peewee-kvcache serve-kv" and "--port" in error["message"]
+
+
+def test_serve_kv_takes_json_and_verbose(tmp_path):
+    """--json: one line once listening (a script reads it while the server runs); -v: request
+    lines on stderr, the token never."""
+    server = subprocess.Popen([sys.executable, "-m", "peewee_kvcache", "serve-kv", "--port", "0",
+                               "--data", str(tmp_path / "kv"), "--json", "-v"],
+                              env=cli_env({"PEEWEE_KVCACHE_SERVER_TOKEN": TOKEN}),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        info = json.loads(server.stdout.readline())
+        assert set(info) == {"base_url", "admin_url", "account_id", "namespace_id", "data"}
+        kv = CloudflareKVNamespace(info["account_id"], info["namespace_id"], TOKEN,
+                                   base_url=info["base_url"])
+        kv.put("k", b"v", expiration_ttl=3600)
+        assert kv.get("k") == b"v"
+        kv.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        stdout, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0, stderr
+    assert stdout == ""
+    assert "peewee_kvcache.testing.handler: 127.0.0.1 \"PUT /client/v4/accounts/" in stderr
+    assert TOKEN not in stderr
+
+
 # --- Cloudflare ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("present", [[], ["CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_KV_NAMESPACE_ID"]])
@@ -449,5 +581,7 @@ def test_a_cache_fault_in_a_command_names_its_exception_and_no_query(env):
     cf = {**CF_ENV, **env, "CLOUDFLARE_API_BASE_URL": f"http://127.0.0.1:{free_port()}/client/v4"}
     result = run_cli("invalidate", "--table", "author", "--kv", "cloudflare", "-v", env=cf)
     assert result.returncode == 1, result.stderr
-    assert "L2 invalidation listing failed (KVError: GET /keys failed" in result.stderr
+    assert "\npeewee_kvcache: L2 invalidation listing failed (KVError: GET /keys failed" \
+        in result.stderr
+    assert "peewee_kvcache: peewee_kvcache:" not in result.stderr  # the logger's name once
     assert "database" not in result.stderr.lower()

@@ -5,6 +5,8 @@ One function per subcommand, registered in ``build_parser``. The operator comman
 configures it: ``--kv``/``--kv-dir``/``--l1-dir``/``--prefix`` or their ``PEEWEE_KVCACHE_*``
 variables, Cloudflare credentials from ``CLOUDFLARE_*`` only (a token on a command line would land
 in shell history and ``ps``). Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration.
+Every command takes ``--json`` and ``-v``; under ``--json`` stdout holds exactly one JSON document,
+the result or ``{"error": {...}}``, so a script never parses text.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import tempfile
 import textwrap
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import peewee
@@ -33,7 +35,7 @@ from ..kv.cloudflare import CloudflareKVNamespace
 from ..kv.local import LocalKVNamespace
 from ..levels.l1 import Unavailable
 from .maintenance import Maintenance
-from ..core.names import table_names_of
+from ..core.names import table_name, table_names_of, tag_list, tag_name
 
 DEFAULT_TOKEN = "local-dev-token"
 KV_KINDS = ("local", "cloudflare")
@@ -52,6 +54,34 @@ class UsageError(Exception):
 
 class Failed(Exception):
     """The operation was attempted and failed (exit 1)."""
+
+
+class _ArgumentError(Exception):
+    """argparse refused the command line: reported by :func:`main` (as JSON under --json)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors raise instead of printing and exiting, so that
+    ``--json`` gets them as JSON like every other error (``--help`` still prints and exits)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentError(self, message)
+
+
+def _port(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, not {text!r}")
+    return port
 
 
 def _rate_limit(text: str) -> Tuple[int, float]:
@@ -75,8 +105,7 @@ def serve_kv(args: argparse.Namespace) -> int:
                           account_id=args.account_id, namespace_id=args.namespace_id,
                           rate_limit=args.rate_limit)
     except ValueError as exc:
-        print(f"peewee-kvcache serve-kv: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -84,11 +113,15 @@ def serve_kv(args: argparse.Namespace) -> int:
         try:
             server.start()
         except OSError as exc:
-            print(f"peewee-kvcache serve-kv: cannot listen on {args.host}:{args.port}: {exc}",
-                  file=sys.stderr)
-            return 1
-        print(f"Serving Workers KV API at {server.base_url} "
-              f"(account_id={server.account_id}, namespace_id={server.namespace_id})", flush=True)
+            raise Failed(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+        if args.json:  # one line: a script reads it while the server runs
+            print(json.dumps({"base_url": server.base_url, "admin_url": server.admin_url,
+                              "account_id": server.account_id,
+                              "namespace_id": server.namespace_id, "data": str(args.data)},
+                             sort_keys=True), flush=True)
+        else:
+            print(f"Serving Workers KV API at {server.base_url} (account_id="
+                  f"{server.account_id}, namespace_id={server.namespace_id})", flush=True)
         stop.wait()
     finally:
         server.stop()
@@ -101,6 +134,11 @@ def _setting(value: Optional[str], variable: str, default: Optional[str] = None
              ) -> Optional[str]:
     """A flag, else its environment variable, else the default."""
     return value if value is not None else (os.environ.get(variable) or default)
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    """The cache's L2 key prefix: --prefix, else $PEEWEE_KVCACHE_PREFIX, else pkv:."""
+    return _setting(args.prefix, "PEEWEE_KVCACHE_PREFIX") or "pkv:"
 
 
 def _open_namespace(args: argparse.Namespace, default_dir: Optional[str] = None,
@@ -129,7 +167,7 @@ def _open_cache(args: argparse.Namespace, namespace: KVNamespace,
     l1_dir = _setting(args.l1_dir, "PEEWEE_KVCACHE_L1_DIR", default_l1)
     try:
         cache = CloudflareKVCache(namespace, l1_directory=l1_dir,
-                                  prefix=_setting(args.prefix, "PEEWEE_KVCACHE_PREFIX", "pkv:"))
+                                  prefix=_prefix(args))
     except ValueError as exc:
         namespace.close()
         raise UsageError(str(exc)) from None
@@ -192,27 +230,50 @@ def stats(args: argparse.Namespace) -> int:
 # --- invalidate -------------------------------------------------------------------------------
 
 def invalidate(args: argparse.Namespace) -> int:
-    """What a write through the cache does: new L1 tokens here, an L2 sweep for every host."""
+    """What a write through the cache does: new L1 tokens here, an L2 sweep for every host.
+
+    The CLI knows no models, so a name is checked against L2 instead: the keys a sweep of it
+    deletes are listed first (that is the count reported), and a name none depends on gets a
+    warning (exit code still 0: the invalidation itself was done)."""
     if not args.table and not args.tag:
         raise UsageError("give at least one --table or --tag")
+    try:
+        tables, tags = table_names_of(args.table), tag_list(args.tag)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    names = {**{table_name(t): f"table {t}" for t in tables},
+             **{tag_name(g): f"tag {g}" for g in tags}}
     with _opened(args) as (cache, where):
+        try:  # listed before the sweep: on Cloudflare a listing lags deletes by up to 60 s
+            found: Optional[Dict[str, List[str]]] = \
+                Maintenance.for_cache(cache).stale_keys(list(names))
+        except KVError:
+            found = None  # the sweep below fails too, and says so
         before = cache.counters.snapshot()
-        try:
-            tables = table_names_of(args.table)
-            cache.invalidate(tables=tables, tags=args.tag)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        cache.invalidate_names(list(names))
         cache.drain()
         after = cache.counters.snapshot()
         if any(after[name] > before[name] for name in L2_FAILURES):
             raise Failed(f"the L2 sweep in {where} failed (-v shows why); L1 at "
                          f"{cache.l1.directory} is invalidated and the sweep is queued in its "
                          "outbox: the next process using that directory retries it")
+    by_name = None if found is None else {names[n]: len(keys) for n, keys in found.items()}
+    deleted = None if found is None else len({key for keys in found.values() for key in keys})
+    warnings = [f"no cached entries in L2 depend on {what} (is it the table's name in the "
+                "database, as in Meta.table_name?)" if what.startswith("table ") else
+                f"no cached entries in L2 carry {what}"
+                for what, count in (by_name or {}).items() if count == 0]
+    for warning in warnings:
+        print(f"peewee-kvcache invalidate: warning: {warning}", file=sys.stderr)
     if args.json:
-        _print_json({"tables": tables, "tags": args.tag, "l2_swept": True})
+        _print_json({"tables": tables, "tags": tags, "l2_swept": True,
+                     "l2_keys_deleted": deleted, "l2_keys_by_name": by_name,
+                     "warnings": warnings})
     else:
-        what = ", ".join([f"table {t}" for t in tables] + [f"tag {g}" for g in args.tag])
-        print(f"Invalidated {what}: L1 tokens renewed, L2 keys deleted from {where}.")
+        count = ("L2 swept (its keys could not be counted beforehand)" if deleted is None
+                 else f"{deleted:,} L2 key{'s' * (deleted != 1)} deleted")
+        print(f"Invalidated {', '.join(names.values())}: L1 tokens renewed, {count} "
+              f"from {where}.")
     return 0
 
 
@@ -236,8 +297,7 @@ def clear(args: argparse.Namespace) -> int:
         if not args.yes and not _confirm(
                 f"Delete {len(keys):,} L2 keys under prefix {cache.prefix!r} in {where} and "
                 f"empty the L1 directory {cache.l1.directory}? [y/N]"):
-            print("Aborted: nothing was deleted.", file=sys.stderr)
-            return 1
+            raise Failed("aborted: nothing was deleted")
         cache.l1.clear()
         with console.key_progress() as progress:
             maintenance.progress = progress
@@ -291,12 +351,31 @@ def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
     user = f"{parts.username}@" if parts.username else ""
     shown = f"{parts.scheme}://{user}{parts.netloc.rpartition('@')[2]}{parts.path}"
     params = parse(url, unquote_password=True)
-    db = DATABASES[parts.scheme](params.pop("database"), cache=cache, **params)
+    database = params.pop("database")
+    if parts.scheme == "sqlite":
+        _check_sqlite_path(url, database)
+        params.setdefault("pragmas", {"foreign_keys": 1})
+    db = DATABASES[parts.scheme](database, cache=cache, **params)
     try:
         db.connect()
     except peewee.DatabaseError as exc:
         raise Failed(f"cannot connect to {shown}: {_first_line(exc)}") from None
     return db, shown
+
+
+def _check_sqlite_path(url: str, path: str) -> None:
+    """The URL convention of playhouse.db_url (and SQLAlchemy): ``sqlite:///relative/path`` (from
+    the current directory), ``sqlite:////absolute/path``. A file in a missing directory is a
+    usage error naming both readings, since ``sqlite:///tmp/x.db`` is easily meant as /tmp."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        hint = (f"; for /{path} write sqlite:////{path}" if not os.path.isabs(path)
+                and os.path.isdir(os.path.dirname("/" + path)) else "")
+        raise UsageError(f"--database {url}: no directory {directory} for the SQLite file "
+                         f"{path!r} (sqlite:///relative/path is read from the current "
+                         f"directory, sqlite:////absolute/path from /){hint}")
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -305,7 +384,7 @@ def demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp:
         namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)
         try:
-            namespace.list(_setting(args.prefix, "PEEWEE_KVCACHE_PREFIX", "pkv:"), limit=10)
+            namespace.list(_prefix(args), limit=10)
         except KVError:
             namespace.close()
             raise
@@ -341,6 +420,16 @@ def demo(args: argparse.Namespace) -> int:
 
 # --- the parser -------------------------------------------------------------------------------
 
+def _output_options() -> argparse.ArgumentParser:
+    """Options every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true",
+                        help='print JSON for scripts; errors too, as {"error": {...}} on stdout')
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log the cache's warnings and KV requests to stderr")
+    return common
+
+
 def _cache_options() -> argparse.ArgumentParser:
     """Options every command that opens the cache shares (defaults from PEEWEE_KVCACHE_*)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -357,9 +446,6 @@ def _cache_options() -> argparse.ArgumentParser:
                        f"{default_directory('l1')})")
     group.add_argument("--prefix", help="L2 key prefix of the cache (default: "
                        "$PEEWEE_KVCACHE_PREFIX, else pkv:)")
-    common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument("-v", "--verbose", action="store_true",
-                        help="log the cache's warnings and KV requests to stderr")
     return common
 
 
@@ -374,7 +460,7 @@ def _command(commands: Any, name: str, func: Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peewee-kvcache", description=textwrap.fill(
             "Try, inspect and operate the peewee_kvcache query cache. Exit codes: 0 ok, 1 the "
             "operation failed, 2 usage or configuration error.", 79),
@@ -382,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  peewee-kvcache invalidate --table author",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = [_cache_options()]
+    output = [_output_options()]
+    common = output + [_cache_options()]
 
     demo_parser = _command(
         commands, "demo", demo, "run a realistic workload and show what the cache does",
@@ -394,8 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dropped at the end.",
         "peewee-kvcache demo --database postgresql://postgres@127.0.0.1:5432/test", common)
     demo_parser.add_argument("--database", metavar="URL",
-                             help="postgresql://user@host:port/db, mysql://... or "
-                             "sqlite:///path (default: a temporary SQLite file)")
+                             help="postgresql://user@host:port/db, mysql://..., "
+                             "sqlite:///relative/path.db or sqlite:////absolute/path.db "
+                             "(default: a temporary SQLite file)")
 
     _command(commands, "stats", stats, "count the cache's keys in L2 and L1",
              "List every L2 key of the prefix (page by page, with a progress bar) and report "
@@ -447,11 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve the Workers KV REST API from a local directory, for tests and development, on "
         "127.0.0.1 only. The token comes from --token or $PEEWEE_KVCACHE_SERVER_TOKEN "
         f"(default {DEFAULT_TOKEN!r}); it is never printed. Point a client at it with "
-        "CLOUDFLARE_API_BASE_URL=http://127.0.0.1:PORT/client/v4.",
-        "peewee-kvcache serve-kv --port 8787 --data ./kv-data")
+        "CLOUDFLARE_API_BASE_URL=http://127.0.0.1:PORT/client/v4. Once listening, --json "
+        "prints one line of JSON (base_url, admin_url, account_id, namespace_id); -v logs "
+        "every request line.",
+        "peewee-kvcache serve-kv --port 8787 --data ./kv-data", output)
     serve.add_argument("--host", default="127.0.0.1",
                        help="loopback address (default: %(default)s)")
-    serve.add_argument("--port", type=int, default=8787,
+    serve.add_argument("--port", type=_port, default=8787,
                        help="port, 0 for any free one (default: %(default)s)")
     serve.add_argument("--data", required=True, metavar="DIR", help="directory of the KV store")
     serve.add_argument("--token", default=os.environ.get("PEEWEE_KVCACHE_SERVER_TOKEN")
@@ -470,41 +560,66 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+class _LogFormat(logging.Formatter):
+    """``logger: message``. The library's messages already begin with ``peewee_kvcache: `` (for
+    applications whose log format shows no logger name): that is not printed twice."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        own = record.name.partition(".")[0] + ": "
+        message = record.message
+        return f"{record.name}: {message[len(own):] if message.startswith(own) else message}"
+
+
 def _setup_logging(verbose: bool) -> None:
     """Quiet by default: the cache logs every degraded call, and urllib3 every retry, which
     would bury the one-line error a failed command prints."""
     if verbose:
-        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(_LogFormat())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
         logging.getLogger("peewee_kvcache").setLevel(logging.DEBUG)
     elif not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.NullHandler())
 
 
+def _error(command: str, code: int, message: str, as_json: bool) -> int:
+    """Report a failed command: one line on stderr, and under --json also ``{"error": ...}`` on
+    stdout, which then holds exactly that one JSON document. Returns the exit code."""
+    print(f"{command}: {message}", file=sys.stderr, flush=True)
+    if as_json:
+        _print_json({"error": {"command": command, "exit_code": code, "message": message}})
+    return code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in arguments
+    try:
+        args = build_parser().parse_args(arguments)
+    except _ArgumentError as exc:
+        if not as_json:
+            exc.parser.print_usage(sys.stderr)
+        return _error(exc.parser.prog, 2, f"error: {exc.message}", as_json)
     verbose = getattr(args, "verbose", False)
     _setup_logging(verbose)
-    name = " ".join(filter(None, [args.command, getattr(args, "index_command", None)]))
+    name = " ".join(filter(None, ["peewee-kvcache", args.command,
+                                  getattr(args, "index_command", None)]))
     try:
         return args.func(args)
     except UsageError as exc:
-        print(f"peewee-kvcache {name}: {exc}", file=sys.stderr)
-        return 2
+        return _error(name, 2, str(exc), as_json)
     except KVError as exc:
-        print(f"peewee-kvcache {name}: KV error: {_first_line(exc)}", file=sys.stderr)
-        return 1
+        return _error(name, 1, f"KV error: {_first_line(exc)}", as_json)
     except Failed as exc:
-        print(f"peewee-kvcache {name}: {exc}", file=sys.stderr)
-        return 1
+        return _error(name, 1, str(exc), as_json)
     except KeyboardInterrupt:
-        print(f"peewee-kvcache {name}: interrupted", file=sys.stderr)
-        return 130
+        return _error(name, 130, "interrupted", as_json)
     except BrokenPipeError:  # stdout closed early (| head): exit without a second error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a command line prints one line, not a traceback (-v: both)
+        code = _error(name, 1, f"{type(exc).__name__}: {_first_line(exc)}"
+                      + ("" if verbose else " (-v for the traceback)"), as_json)
         if verbose:
             raise
-        print(f"peewee-kvcache {name}: {type(exc).__name__}: {_first_line(exc)} (-v for the "
-              "traceback)", file=sys.stderr)
-        return 1
+        return code

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from ..cache.facade import CloudflareKVCache
 from ..kv.base import KeyInfo, KVError, KVNamespace
@@ -55,6 +55,12 @@ class Maintenance:
     def count(self) -> KeyCounts:
         """Entries, index keys and markers of the prefix, and keys per table and per tag."""
         return self.keyspace.layout.count(self.scan())
+
+    def stale_keys(self, names: Sequence[str]) -> Dict[str, List[str]]:
+        """For each token name (``t:table``, ``g:tag``), the keys a sweep of it would delete now:
+        its entries and markers, and the entries its markers point at (the cache's own rule)."""
+        now_ms = int(time.time() * 1000)
+        return {name: self.keyspace.stale_keys(name, now_ms) for name in names}
 
     def delete(self, keys: Sequence[str]) -> int:
         """Bulk-delete ``keys``; KVError if any key was left behind."""
