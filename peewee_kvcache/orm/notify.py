@@ -48,6 +48,9 @@ Send = Callable[[], Any]
 #: in a transaction block).
 WITH, WITH_COMMIT, AFTER = "with", "with-commit", "after"
 
+#: notifications remembered per database (see PostgresNotifications._kv_notifications)
+_MEMO_MAX = 256
+
 #: SQLSTATEs with which PostgreSQL refuses a notification: no EXECUTE on pg_notify (42501), the
 #: NOTIFY queue full at commit (54000)
 _REFUSED = ("42501", "54000")
@@ -200,6 +203,9 @@ class PostgresNotifications:
         self._kv_notify = notify
         self._kv_listener: Optional[Listener] = None
         self._kv_listener_lock = threading.Lock()  # one LISTEN thread, however many readers
+        #: names -> the notification a write of them carries (channel, payload): the same few
+        #: sets of names are written again and again
+        self._kv_notifications: Dict[Tuple[str, ...], Tuple[str, str]] = {}
         forksafe.renew_locks(self, "_kv_listener_lock")
         super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
 
@@ -208,10 +214,17 @@ class PostgresNotifications:
         transaction commits; ``where``: :data:`WITH`, :data:`WITH_COMMIT` or :data:`AFTER`."""
         if not (self._kv_notify and names):
             return send
-        cache = self.cache  # type: ignore[attr-defined]
-        carried = (self, cache.channel, payload(cache.origin, names, EVERYTHING))
+        key = tuple(names)
+        notification = self._kv_notifications.get(key)
+        if notification is None:
+            cache = self.cache  # type: ignore[attr-defined]
+            notification = (cache.channel, payload(cache.origin, names, EVERYTHING))
+            if len(self._kv_notifications) >= _MEMO_MAX:
+                self._kv_notifications.clear()
+            self._kv_notifications[key] = notification
         if where == AFTER or not self._kv_inline():
-            return self._kv_apart(carried[1:], send, before=where == WITH_COMMIT)
+            return self._kv_apart(notification, send, before=where == WITH_COMMIT)
+        carried = (self, *notification)
 
         def carrying() -> Any:
             token = _CARRIED.set(carried)  # NotifyInline takes it into the statement
