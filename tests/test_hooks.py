@@ -70,6 +70,27 @@ def test_the_cached_path_ends_with_its_execute(recording, cache):
     assert (stats.stores, stats.hits, stats.misses) == (1, 0, 1)
 
 
+def test_raw_sql_reads_are_counted_and_logged_with_the_reason(recording, cache, caplog):
+    """Raw-SQL reads were neither cached nor counted: nothing told a user looking at the stats
+    why a query never hit. A SELECT sent as text (execute_sql, Model.raw) counts in
+    raw_sql_reads and logs why at DEBUG; query objects and raw writes do not count there."""
+    caplog.set_level(logging.DEBUG, logger="peewee_kvcache")
+    sql = 'SELECT "name" FROM "user" WHERE "name" = ?'
+    invalidations = cache.get_stats().invalidations  # the fixture's own writes
+    for _ in range(2):
+        assert recording.execute_sql(sql, ("ann",)).fetchall() == [("ann",)]
+    assert [u.name for u in User.raw(sql, "ann")] == ["ann"]
+    list(User.select())                                   # a query object, not asked to cache
+    list(User.select().with_cache(ex=60))                 # a cached one
+    recording.execute_sql('UPDATE "user" SET "score" = 1')  # a raw write: invalidates
+    stats = cache.get_stats()
+    assert (stats.raw_sql_reads, stats.uncacheable, stats.misses, stats.stores) == (3, 0, 1, 1)
+    assert stats.invalidations == invalidations + 1
+    reasons = [r.getMessage() for r in caplog.records if "raw SQL" in r.getMessage()]
+    assert reasons == ["peewee_kvcache: not caching: raw SQL is not cached: use a query object "
+                       "with with_cache()"] * 3
+
+
 def test_a_failed_execute_leaves_no_select_to_cache(recording, cache, monkeypatch):
     """Peewee failing while it builds the SQL never reaches execute_sql: the next raw select is
     not taken for the cached one."""

@@ -36,6 +36,7 @@ class CacheStats:
     stores: int = _counter()
     stores_refused: int = _counter()
     uncacheable: int = _counter()
+    raw_sql_reads: int = _counter()  # SELECTs sent as SQL text (execute_sql, Model.raw): uncached
     bypassed_in_transaction: int = _counter()
     invalidations: int = _counter()
     l1_errors: int = _counter()

@@ -105,6 +105,9 @@ class CachedDatabase:
                 return statements.read(self.cache, self._kv_session(), sql, params, info,
                                        executing[2],
                                        functools.partial(self._run, sql, params, *args, **kwargs))
+        elif info.kind == "select" and (executing is None
+                                        or not isinstance(executing[1], peewee.SelectBase)):
+            statements.raw_read(self.cache)  # execute_sql() or Model.raw(): never cached
         send = functools.partial(super().execute_sql, sql, params, *args,  # type: ignore[misc]
                                  **kwargs)
         if info.control or info.session:

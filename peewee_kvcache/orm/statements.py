@@ -39,6 +39,14 @@ def cacheable(cache: CloudflareKVCache, info: SqlInfo) -> bool:
     return info.cacheable
 
 
+def raw_read(cache: CloudflareKVCache) -> None:
+    """A SELECT sent as SQL text (``execute_sql``, ``Model.raw()``): never cached (only query
+    objects carry ``with_cache()``), but counted, so that it does not look like a lost hit."""
+    log.debug("peewee_kvcache: not caching: raw SQL is not cached: use a query object with "
+              "with_cache()")
+    cache.counters.incr("raw_sql_reads")
+
+
 def read(cache: CloudflareKVCache, session: Session, sql: str, params: Any, info: SqlInfo,
          options: CacheOptions, send: Send) -> Any:
     """A cacheable SELECT: from the cache, else ``send()``'s cursor (stored when the rules
