@@ -17,7 +17,6 @@ import sys
 import time
 from typing import Any, Dict
 
-import msgpack
 import peewee
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache
@@ -59,13 +58,7 @@ def namespace(server: Dict[str, str], **options: Any) -> CloudflareKVNamespace:
 
 def first_sweeps(outbox: Any) -> int:
     """Commit-time sweeps (sweep 1) waiting in an outbox; late re-sweeps are not counted."""
-    count = 0
-    with outbox.jobs.transact():  # a consistent view: a lease re-keys a job under us otherwise
-        for key in list(outbox.jobs.iterkeys()):
-            raw = outbox.jobs.get(key)
-            if raw is not None and msgpack.unpackb(raw)[1] == 1:
-                count += 1
-    return count
+    return sum(job.sweep == 1 for job in outbox.waiting())
 
 
 def _write(args: Dict[str, Any]) -> None:
@@ -79,6 +72,10 @@ def _write(args: Dict[str, Any]) -> None:
             print("committed", flush=True)
             time.sleep(3600)
         cache._invalidations._complete = hang  # type: ignore[method-assign]
+    if args.get("die_before_settle"):
+        def never() -> None:  # the write completed; the bump it owes never comes
+            time.sleep(3600)
+        cache.l1.settle = never  # type: ignore[method-assign]
     Item.update(name=args["new"]).execute()
     print("committed", flush=True)
     time.sleep(3600)

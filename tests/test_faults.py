@@ -423,6 +423,38 @@ def test_kill_9_between_commit_and_bump_no_process_on_the_host_serves_the_old_ro
         assert names() == ["new"]                        # and cached again from here on
 
 
+@pytest.mark.parametrize("reader", ["running", "started-later"])
+def test_kill_9_between_a_writes_completion_and_its_owed_bump_no_process_serves_the_old_row(
+        reader, server, kv_cache, make_db, tmp_path):
+    """The write returned, its bump owed to the writer thread (L1Store.bump_later), and the
+    process dies before making it: the flags it left keep this host's processes from serving
+    the old row, and the first to meet them bumps in its place."""
+    first = kv_cache("l1", **NO_RECHECK)
+    db = make_db(first)
+    Item.create(name="old")
+    assert names() == ["old"]                            # in L1 (and process memory)
+    assert first.drain(10)
+    if reader == "started-later":
+        first.close()
+    proc = spawn(dict(action="write", server=server_info(server), l1=str(tmp_path / "l1"),
+                      db=str(tmp_path / "app.db"), new="new", die_before_settle=True,
+                      outbox_lease=30))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "committed"
+        proc.send_signal(signal.SIGKILL)                 # the write returned; no bump was made
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc.communicate()
+    assert truth(db) == ["new"]
+    reading = first if reader == "running" else kv_cache("l1", outbox_lease=30, **NO_RECHECK)
+    reading_db = db if reader == "running" else make_db(reading, create=False)
+    with reading_db.bind_ctx(MODELS):
+        assert names() == ["new"]
+        assert names() == ["new"]                        # and cached again from here on
+
+
 @pytest.mark.parametrize("moment", ["mid-sweep", "before-bump"])
 def test_kill_9_after_commit_a_restarted_process_completes_the_sweep(moment, server, kv_cache,
                                                                     make_db, tmp_path):
@@ -550,8 +582,8 @@ def test_l1_files_corrupted_while_running(server, kv_cache, make_db, tmp_path):
     assert names() == names() == ["a"]
     assert local_hits(counters(cache)) == 1
     assert cache.drain(10)
-    for part in ("entries", "tokens"):
-        (tmp_path / "l1" / part / "cache.db").write_bytes(b"\xde\xad\xbe\xef" * 4096)
+    for part in ("entries/cache.db", "state.sqlite3"):
+        (tmp_path / "l1" / part).write_bytes(b"\xde\xad\xbe\xef" * 4096)
 
     before = counters(cache)["l1_errors"]
     assert names() == truth(db) == ["a"]

@@ -93,7 +93,7 @@ def test_a_failed_bump_does_not_leave_its_flag_behind(setup):
     held = threading.Event()
 
     def hold_tokens() -> None:
-        conn = sqlite3.connect(f"{base}/l1/tokens/cache.db", timeout=5, isolation_level=None)
+        conn = sqlite3.connect(f"{base}/l1/state.sqlite3", timeout=5, isolation_level=None)
         conn.execute("BEGIN EXCLUSIVE")
         held.set()
         time.sleep(1.5)
@@ -107,8 +107,8 @@ def test_a_failed_bump_does_not_leave_its_flag_behind(setup):
         threading.Thread(target=hold_tokens).start()
         held.wait(5)
 
-    cache.write([table_name("item")], update)
-    assert cache.get_stats().l1_errors >= 1                # the bump failed
+    cache.write([table_name("item")], update)               # its bump is made after it:
+    assert wait_for(lambda: cache.get_stats().l1_errors >= 1, 10)  # it failed
     assert wait_for(lambda: not cache.l1._unbumped(), 10)  # the retry lifted the flag
     assert read() == "new"
     assert read() == "new"

@@ -72,6 +72,9 @@ class Invalidations:
             self.fault("l1_errors", "L1 eviction for a remote write failed", exc)
 
     def _complete(self, job: Job) -> None:
-        """After the write: new tokens at once, the L2 sweep in the background."""
+        """After the write: its new tokens and its L2 sweep in the background (until the
+        tokens are made, its flags keep this host from trusting the names)."""
         self.counters.incr("invalidations")
-        self.writer.submit(self.sweeper.complete(job))
+        task = self.sweeper.complete(job)
+        if task is not None:  # else the task queued already takes this write too
+            self.writer.submit(task)

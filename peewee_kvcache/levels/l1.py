@@ -1,4 +1,5 @@
-"""L1: result entries and invalidation tokens in diskcache, shared by this host's processes.
+"""L1: result entries (diskcache) and invalidation tokens (the state file), shared by this host's
+processes.
 
 Invalidation never searches for entries. Every name an entry depends on (a table, a tag, ``*`` for
 "everything") has a token; an entry is stamped with the tokens it was computed under, read *before*
@@ -6,44 +7,45 @@ the query ran, and is valid only while all of them are unchanged. Bumping a toke
 needs no table→key index in L1, and closes the store race: a result whose snapshot predates a write
 carries the pre-write token and is dead on arrival.
 
-Tokens come from one counter (``seq``) bumped inside a diskcache transaction, so they only grow; a
-transaction can compare them against the counter read at its BEGIN. A name never bumped has the
-store's ``base`` token (≤ any counter value). Base and counter start at a random offset, so a wiped
-token store can never revive an old stamp.
+Tokens come from one counter (``seq``) moved on inside a transaction of the state file, so they
+only grow; a transaction can compare them against the counter read at its BEGIN. A name never
+bumped has the store's ``base`` token (≤ any counter value). Base and counter start at a random
+offset, so a wiped token store can never revive an old stamp.
 """
 from __future__ import annotations
 
-import json
 import mmap
 import os
-import random
 import sqlite3
 import struct
+import threading
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import diskcache
 import msgpack
 
+from ..core import forksafe
 from ..core.config import now_ms
 from .entry import Entry
+from .state import BASE, SEQ, StateFile, chunks, init_counter, marks, next_seq, setting
 
-_SEQ = "seq"
-_UNBUMPED = "unbumped"
-_BASE = "base"
 _U64 = struct.Struct("<Q")
 
 
-#: ``release`` value that lifts every unbumped flag this process holds (after a failed bump)
-OWN_FLAGS = "*"
+def _set_tokens(conn: sqlite3.Connection, token: int, names: Sequence[Tuple[str, int]]) -> None:
+    """Inside a transaction: give (name, invalidated at ms) pairs ``token``; a name's
+    invalidation time only moves forward (0: unchanged)."""
+    conn.executemany("UPDATE token SET token = ?, invalidated_ms = MAX(COALESCE(invalidated_ms, 0),"
+                     " ?) WHERE name = ?", [(token, at_ms, name) for name, at_ms in names])
+    conn.executemany("INSERT OR IGNORE INTO token VALUES (?, ?, ?)",
+                     [(name, token, at_ms) for name, at_ms in names])
 
 
-def _own_flags(marker: str) -> Callable[[str], bool]:
-    """Which flag owners ("pid:invalidation") ``bump(release=marker)`` lifts."""
-    if marker == OWN_FLAGS:
-        prefix = f"{os.getpid()}:"
-        return lambda owner: owner.startswith(prefix)
-    return lambda owner: owner.partition(":")[2] == marker
+def _release(conn: sqlite3.Connection, flags: Iterable[Tuple[str, str]]) -> None:
+    """Inside a transaction: drop the unbumped flags (name, marker) of those invalidations
+    (other writers' flags stay)."""
+    conn.executemany("DELETE FROM unbumped WHERE name = ? AND marker = ?", flags)
 
 
 def _all(values: Any, kind: type) -> bool:
@@ -146,101 +148,167 @@ class SharedCounter:
         self._map.close()
 
 
-class L1Store:
-    """Entries and tokens in two diskcache caches under one directory.
+Owed = Tuple[Tuple[str, ...], str, int]
 
-    Tokens live in a cache that never evicts (eviction_policy "none"): losing a token would be safe
-    (entries stamped with it die) but would needlessly drop entries. Entries may be culled freely.
-    """
+
+class _Owed:
+    """The bumps this process owes (see :meth:`L1Store.bump_later`): (names, marker, at_ms)."""
+
+    def __init__(self) -> None:
+        self._items: List[Owed] = []
+        self._lock = threading.Lock()
+        forksafe.renew_locks(self, "_lock")
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """The parent's owed bumps are the parent's to make (its flags name its pid)."""
+        self._items = []
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def add(self, item: Owed) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def make(self, conn: sqlite3.Connection, token: int, state: StateFile) -> None:
+        """Inside a transaction of ``state``: make the owed bumps with ``token`` (a counter
+        value it took); should the transaction roll back, they are owed again."""
+        with self._lock:
+            owed, self._items = self._items, []
+        state.after_rollback(lambda: self._restore(owed))
+        at: Dict[str, int] = {}
+        for names, _, at_ms in owed:
+            for name in names:
+                at[name] = max(at.get(name, 0), at_ms)
+        _set_tokens(conn, token, list(at.items()))
+        _release(conn, [(name, marker) for names, marker, _ in owed for name in names])
+
+    def _restore(self, items: List[Owed]) -> None:
+        """Owed again, before any owed since."""
+        with self._lock:
+            self._items[:0] = items
+
+    def touches(self, names: Sequence[str]) -> bool:
+        items = self._items
+        return bool(items) and any(not set(names).isdisjoint(item[0]) for item in items)
+
+
+class L1Store:
+    """Entries in a diskcache (culled and expired freely); tokens and flags in the directory's
+    state file (levels/state.py), which never evicts: losing a token would be safe (entries
+    stamped with it die) but would needlessly drop entries."""
 
     directory: str
     #: identifies this L1 directory in NOTIFY payloads (its processes share the tokens)
     l1_id: str
     entries: diskcache.Cache
-    meta: diskcache.Cache
+    #: tokens, flags and the outbox: the L1 store's writes join a transaction open on it
+    state: StateFile
     counter: SharedCounter
 
     def __init__(self, directory: str, size_limit: int = 1 << 30, timeout: float = 1.0):
         self.directory = directory
         self.entries = diskcache.Cache(os.path.join(directory, "entries"), size_limit=size_limit,
                                        timeout=timeout)
-        self.meta = diskcache.Cache(os.path.join(directory, "tokens"), eviction_policy="none",
-                                    timeout=timeout)
-        self._init_counter()
+        self.state = StateFile.open(directory, timeout)
         self.counter = SharedCounter(os.path.join(directory, "counter.bin"))
-        with self.meta.transact():  # no bump commits between this read and its publish
-            self.counter.publish(self.seq())
+        with self.state.write() as conn:  # no bump commits between this read and its publish
+            init_counter(conn)
+            conn.execute("INSERT OR IGNORE INTO setting VALUES (?, ?)", ("l1_id", uuid.uuid4().hex))
+            self.counter.publish(int(setting(conn, SEQ)))
+            self.l1_id = str(setting(conn, "l1_id"))
         self._snapshot: Tuple[Optional[int], Dict[str, int], Dict[str, List[str]]] = (None, {}, {})
-        self.meta.add("l1_id", uuid.uuid4().hex)
-        self.l1_id = self.meta.get("l1_id")
-
-    def _init_counter(self) -> int:
-        """Create base and counter if missing; returns the base."""
-        start = random.getrandbits(40) << 20
-        self.meta.add(_BASE, start)
-        base = self.meta.get(_BASE)
-        self.meta.add(_SEQ, base)
-        return int(base)
+        self._owed = _Owed()
 
     # -- tokens -----------------------------------------------------------------------------
     def seq(self) -> int:
-        """The token counter; any bump after this read yields a larger token."""
-        value = self.meta.get(_SEQ)
-        if value is None:  # the token store was wiped under us: start again at a random offset
-            self._init_counter()
-            value = self.meta.get(_SEQ)
-            self.counter.publish(int(value))
-        return int(value)
+        """The token counter as last published: any bump committed after this read yields a
+        larger token (one committed but not yet published too: the value read is then older,
+        which only makes a transaction's baseline stricter). Bumps this process owes are made
+        first, so a transaction beginning now finds its own earlier writes settled."""
+        if self._owed:
+            self.settle()
+        return self.counter.read()
+
+    def _next_seq(self, conn: sqlite3.Connection) -> int:
+        """Inside a transaction: the counter's next value, published once it committed."""
+        seq = next_seq(conn)
+        self.state.after_commit(lambda: self.counter.publish(seq))
+        return seq
 
     def bump(self, names: Iterable[str], at_ms: Optional[int] = None,
              release: Optional[str] = None) -> int:
         """Give every name a fresh token, killing every entry stamped with the old one, and
         remember when (wall clock, ``at_ms``): L2 entries computed before then are stale here.
-        ``release``: the invalidation (see :meth:`mark_pending`) whose unbumped flags this ends,
-        or :data:`OWN_FLAGS` for all of this process's."""
+        ``release``: the invalidation (see :meth:`mark_pending`) whose unbumped flags this ends.
+        One transaction (or part of the one open on this thread)."""
         names = list(names)
-        with self.meta.transact():
-            token = self._next_seq()
-            for name in names:
-                self.meta.set("v:" + name, token)
-                if at_ms is not None:
-                    self.meta.set("i:" + name, at_ms)
+        with self.state.write() as conn:
+            token = self._next_seq(conn)
+            _set_tokens(conn, token, [(name, at_ms or 0) for name in names])
             if release is not None:
-                self._release(names, release)
-        self.counter.publish(token)
+                _release(conn, [(name, release) for name in names])
         return token
 
-    def _next_seq(self) -> int:
-        """Inside a transaction: the counter's next value (recreated first if it was wiped)."""
-        self.seq()
-        return int(self.meta.incr(_SEQ))
+    def bump_later(self, names: Sequence[str], marker: str, at_ms: int) -> None:
+        """The statement of invalidation ``marker`` is done: its bump (as :meth:`bump` with
+        ``release=marker``) is owed. Until it is made, its unbumped flags keep every process on
+        this host from trusting, and this one from storing, anything of those names, so it need
+        not be made on the statement's path: :meth:`settle` makes every owed bump in one
+        transaction, called by the writer thread, by this process's next invalidation (inside
+        its own transaction), and by a read of those names here. A process killed before
+        leaves its flags, which others recover (see :meth:`is_current`)."""
+        self._owed.add((tuple(names), marker, at_ms))
 
-    def invalidated_at(self, names: Iterable[str]) -> int:
+    def settle(self) -> None:
+        """Make the bumps owed (see :meth:`bump_later`): one new token for all their names,
+        their flags lifted, in one transaction (or as part of the one open on this thread).
+        If it fails they stay owed."""
+        if self._owed:
+            with self.state.write() as conn:
+                self._owed.make(conn, self._next_seq(conn), self.state)
+
+    def invalidated_at(self, names: Sequence[str]) -> int:
         """When (unix ms) any of ``names`` was last invalidated as seen by this host; 0 if never."""
-        get = self.meta.get
-        return max((get("i:" + name) or 0 for name in names), default=0)
+        latest = 0
+        for part in chunks(list(names)):
+            row = self.state.read(f"SELECT MAX(invalidated_ms) FROM token WHERE name IN "
+                                  f"({marks(len(part))})", part)
+            latest = max(latest, row[0][0] or 0)
+        return latest
 
     def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
         """Current tokens for ``names``; a name never bumped gets the base token."""
-        values: List[Optional[int]] = [self.meta.get("v:" + name) for name in names]
-        if None in values:
-            base = self.meta.get(_BASE)
-            if base is None:
-                base = self._init_counter()
-            for name, value in zip(names, values):
-                if value is None:
-                    self.meta.add("v:" + name, base)
-            values = [self.meta.get("v:" + name) for name in names]
-        return tuple(int(v) for v in values)  # type: ignore[arg-type]
+        if self._owed.touches(names):
+            self.settle()
+
+        def read() -> Dict[str, Any]:
+            found: Dict[str, Any] = {}
+            for part in chunks(list(dict.fromkeys(names))):
+                found.update(self.state.read(
+                    f"SELECT name, token FROM token WHERE name IN ({marks(len(part))})", part))
+            return found
+
+        found = read()
+        if len(found) < len(set(names)):
+            with self.state.write() as conn:
+                base = init_counter(conn)
+                conn.executemany("INSERT OR IGNORE INTO token (name, token) VALUES (?, ?)",
+                                 [(name, base) for name in names if name not in found])
+            found = read()
+        return tuple(int(found[name]) for name in names)
 
     def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
         """True while no name in the stamp has been bumped, and none awaits a bump.
 
-        The hit path reads the shared counter, not one key per name: every bump (and every
+        The hit path reads the shared counter, not one row per name: every bump (and every
         change of the unbumped flags) publishes a new counter value after committing, so tokens
         and flags read after seeing the counter at S are still current while it reads S. They
         are kept per S in this process.
         """
+        if self._owed.touches(names):
+            self.settle()
         seq = self.counter.read()
         snapshot = self._snapshot
         if snapshot[0] != seq:
@@ -252,10 +320,10 @@ class L1Store:
         for name, token in zip(names, tokens):
             current = known.get(name)
             if current is None:
-                current = self.meta.get("v:" + name)
-                if current is None:
+                rows = self.state.read("SELECT token FROM token WHERE name = ?", (name,))
+                if not rows:
                     return False
-                known[name] = current
+                current = known[name] = rows[0][0]
             if current != token:
                 return False
         return True
@@ -263,53 +331,31 @@ class L1Store:
     def mark_pending(self, names: Iterable[str], marker: str) -> None:
         """Flag names whose invalidation ``marker`` is under way, before the write commits.
 
-        Pending (``p:``): L2 must not be read for them until the sweep succeeded. Unbumped: no
-        process on this host trusts their L1 entries until :meth:`bump` releases ``marker``. Both
-        flags outlive a crash: a process killed between its COMMIT and its bump leaves them, and
-        the first process to meet an unbumped flag of a dead owner bumps in its place (the
-        outbox finishes the sweep)."""
+        Pending: L2 must not be read for them until the sweep succeeded. Unbumped: no process on
+        this host trusts their L1 entries until a bump releases ``marker`` (:meth:`bump`,
+        :meth:`settle`). Both flags outlive a crash: a process killed between its COMMIT and its
+        bump leaves them, and the first process to meet an unbumped flag of a dead owner bumps
+        in its place (the outbox finishes the sweep). One transaction (or part of the one open
+        on this thread), which also makes the bumps this process owes (see
+        :meth:`bump_later`)."""
         names = list(names)
-        with self.meta.transact():
-            for name in names:
-                self.meta.set("p:" + name, marker)
-            unbumped = self._unbumped()
-            owner = f"{os.getpid()}:{marker}"
-            for name in names:  # every writer's own flag: one writer's bump can't lift another's
-                unbumped.setdefault(name, []).append(owner)
-            self.meta.set(_UNBUMPED, json.dumps(unbumped))
-            seq = self._next_seq()  # a new counter value tells every process to reload flags
-        self.counter.publish(seq)
+        pid = os.getpid()
+        with self.state.write() as conn:
+            seq = self._next_seq(conn)  # a new counter value tells every process to reload flags
+            if self._owed:
+                self._owed.make(conn, seq, self.state)
+            conn.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?)",
+                             [(name, marker) for name in names])
+            # every writer's own flag: one writer's bump can't lift another's
+            conn.executemany("INSERT OR IGNORE INTO unbumped VALUES (?, ?, ?)",
+                             [(name, marker, pid) for name in names])
 
     def _unbumped(self) -> Dict[str, List[str]]:
         """Names awaiting their post-commit bump: name -> ["owner pid:invalidation", ...]."""
-        raw = self.meta.get(_UNBUMPED)
-        try:
-            flags = json.loads(raw) if raw else {}
-        except ValueError as exc:
-            raise CorruptL1("the unbumped flags are unreadable") from exc
-        if not isinstance(flags, dict) or not all(isinstance(v, list) for v in flags.values()):
-            raise CorruptL1("the unbumped flags are unreadable")
+        flags: Dict[str, List[str]] = {}
+        for name, pid, marker in self.state.read("SELECT name, pid, marker FROM unbumped"):
+            flags.setdefault(name, []).append(f"{pid}:{marker}")
         return flags
-
-    def _release(self, names: Iterable[str], marker: str) -> None:
-        """Inside a transaction: drop ``marker``'s unbumped flags (other writers' flags stay).
-        ``marker`` may also be :data:`OWN_FLAGS`: every flag of this process."""
-        unbumped = self._unbumped()
-        mine = _own_flags(marker)
-        changed = False
-        for name in names:
-            owners = unbumped.get(name)
-            if owners is None:
-                continue
-            kept = [owner for owner in owners if not mine(owner)]
-            if kept != owners:
-                changed = True
-                if kept:
-                    unbumped[name] = kept
-                else:
-                    del unbumped[name]
-        if changed:
-            self.meta.set(_UNBUMPED, json.dumps(unbumped))
 
     def _recover_unbumped(self, unbumped: Dict[str, List[str]], names: Sequence[str]) -> None:
         """Bump in the place of a dead owner: its write may have committed (a bump is always
@@ -322,14 +368,13 @@ class L1Store:
 
     def clear_pending(self, names: Iterable[str], marker: str) -> None:
         """Lift this invalidation's L2 flags, unless a later invalidation took them over."""
-        with self.meta.transact():
-            for name in names:
-                if self.meta.get("p:" + name) == marker:
-                    self.meta.delete("p:" + name)
+        with self.state.write() as conn:
+            conn.executemany("DELETE FROM pending WHERE name = ? AND marker = ?",
+                             [(name, marker) for name in names])
 
-    def any_pending(self, names: Iterable[str]) -> bool:
-        get = self.meta.get
-        return any(get("p:" + name) is not None for name in names)
+    def any_pending(self, names: Sequence[str]) -> bool:
+        return any(self.state.read(f"SELECT 1 FROM pending WHERE name IN ({marks(len(part))})"
+                                   " LIMIT 1", part) for part in chunks(list(names)))
 
     # -- entries ----------------------------------------------------------------------------
     def get(self, key: str) -> Optional[Entry[bytes]]:
@@ -359,23 +404,25 @@ class L1Store:
     def clear(self) -> None:
         """Drop every entry and move every token past all stamps ever issued."""
         self.entries.clear()
-        with self.meta.transact():
-            token = self.meta.incr(_SEQ)
-            self.meta.set(_BASE, token)
-            for key in list(self.meta.iterkeys()):
-                if isinstance(key, str) and key.startswith("v:"):
-                    self.meta.delete(key)
-        self.counter.publish(token)
+        with self.state.write() as conn:
+            token = self._next_seq(conn)
+            conn.execute("UPDATE setting SET value = ? WHERE key = ?", (token, BASE))
+            conn.execute("DELETE FROM token")
 
     def stats(self) -> Dict[str, int]:
         return {"l1_entries": len(self.entries), "l1_volume_bytes": self.entries.volume()}
 
     def close(self) -> None:
+        try:  # flags of a live process would stop this host caching those names
+            self.settle()
+        except L1_FAULTS:  # they stay, and are recovered once this process is gone
+            pass
         self.entries.close()
-        self.meta.close()
+        self.state.release()
         self.counter.close()
 
 
 #: the L1 store of a directory that could not be opened; give it ``l1_id=uuid.uuid4().hex``: this
 #: process alone in NOTIFY payloads, as it shares no tokens with any other process
-UnavailableStore = stand_in(L1Store, data=("directory", "l1_id"))
+UnavailableStore = stand_in(L1Store, data=("directory", "l1_id"),
+                            settle=lambda self: None)  # nothing can be owed: see bump_later
