@@ -6,6 +6,7 @@ takes it away again); ``with_cache(query, ...)`` is the same, typed for type che
 """
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__  # re-exported
 from .cache.facade import CloudflareKVCache
 from .core.codec import CachedResult
 from .core.config import CacheConfig
@@ -38,4 +39,3 @@ __all__ = [
     "CloudflareKVNamespace", "RequestBudget",
     "CacheConfig", "CachedResult", "CacheStats", "with_cache",
 ]
-__version__ = "0.1.0"
