@@ -34,7 +34,7 @@ _ids = itertools.count()
 _fork_lock = threading.Lock()  # one fork at a time through the hooks below
 _held: List[Any] = []  # work locks taken for the fork in progress
 _deadline = 0.0  # when the fork in progress stops waiting for them
-_BEFORE, _IN_CHILD = 1, 2  # positions of the actions in a _hooks entry
+_BEFORE, _IN_CHILD = 0, 1  # positions among the actions of a _hooks entry
 
 
 def _register(obj: Any, before: _Action, in_child: _Action) -> None:
@@ -71,8 +71,8 @@ def hold_across_fork(obj: Any, attribute: str) -> None:
 
 
 def _each(index: int) -> None:
-    for entry in list(_hooks.values()):
-        obj, action = entry[0](), entry[index]
+    for ref, *actions in list(_hooks.values()):
+        obj, action = ref(), actions[index]
         if obj is None or action is None:
             continue
         try:

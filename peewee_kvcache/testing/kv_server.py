@@ -84,5 +84,6 @@ class KVServer(ServerState):
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-            self._thread.join()  # type: ignore[union-attr]
+        if self._thread is not None:
+            self._thread.join()
         self.namespace.close()
