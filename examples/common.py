@@ -1,8 +1,9 @@
 """What every example shares: a database and a cache configured from the environment.
 
-``DATABASE_URL`` picks the database (``postgresql://user@host:port/db``, ``mysql://...`` or
-``sqlite:///path``; add ``?options=-c%20search_path%3Dmyschema`` to work in a PostgreSQL schema);
-without it, a temporary SQLite file. The cache reads the variables the ``peewee-kvcache`` command
+``DATABASE_URL`` picks the database (``postgresql://user@host:port/db``, ``mysql://...``,
+``sqlite:///relative/path`` or ``sqlite:////absolute/path``; add
+``?options=-c%20search_path%3Dmyschema`` to work in a PostgreSQL schema); without it, a temporary
+SQLite file. The cache reads the variables the ``peewee-kvcache`` command
 line reads (``PEEWEE_KVCACHE_KV``, ``PEEWEE_KVCACHE_KV_DIR``, ``PEEWEE_KVCACHE_L1_DIR``,
 ``PEEWEE_KVCACHE_PREFIX``), so ``peewee-kvcache stats`` inspects what an example cached.
 """
