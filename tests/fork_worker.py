@@ -163,7 +163,8 @@ def child(db: peewee.Database, cache: CloudflareKVCache, started: float, results
 
 
 def main(config: Dict[str, Any]) -> Dict[str, Any]:
-    cache = CloudflareKVCache(make_namespace(config), l1_directory=os.path.join(config["dir"], "l1"))
+    cache = CloudflareKVCache(make_namespace(config),
+                              l1_directory=os.path.join(config["dir"], "l1"))
     db = make_database(config, cache)
     db.bind(MODELS)
     with db.connection_context():

@@ -19,7 +19,8 @@ class Post(Base):
     user = peewee.ForeignKeyField(User, backref="posts", on_delete="CASCADE")
     title = peewee.CharField(max_length=64)
     price = peewee.DecimalField(max_digits=12, decimal_places=2, default=decimal.Decimal("0"))
-    created = peewee.DateTimeField(default=lambda: datetime.datetime(2024, 5, 1, 12, 30, 15, 123456))
+    created = peewee.DateTimeField(
+        default=lambda: datetime.datetime(2024, 5, 1, 12, 30, 15, 123456))
 
 
 class Comment(Base):

@@ -39,7 +39,7 @@ def all_keys(cache, prefix=None):
                                                            else prefix)]
 
 
-# --- the seed's API ---------------------------------------------------------------------------------
+# --- the seed's API -------------------------------------------------------------------------------
 
 def test_put_then_get_returns_the_result_from_l1_and_from_l2(cache):
     assert cache.get("q1", ["user"]) is None
@@ -129,7 +129,7 @@ def test_seed_key_must_be_a_non_empty_str(cache, key):
         cache.get(key, ["user"])
 
 
-# --- invalidate() arguments --------------------------------------------------------------------------
+# --- invalidate() arguments -----------------------------------------------------------------------
 
 def test_invalidate_tables_and_tags_together(cache):
     cache.put("u", RESULT, [User])
@@ -202,7 +202,7 @@ def test_bad_tag_argument_is_refused_naming_it(cache, tags, error, shown):
         cache.invalidate(tags=tags)
 
 
-# --- statistics -------------------------------------------------------------------------------------
+# --- statistics -----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def test_stats_read_key_counts_from_l2_written_by_another_cache(make_cache):
     assert stats.l1_entries == 0
 
 
-# --- clear_all --------------------------------------------------------------------------------------
+# --- clear_all ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mine, theirs", [("a:", "b:"), ("tenant1", "tenant10"),
                                           ("app:", "app:v2:")])
@@ -305,7 +305,7 @@ def test_clear_all_empties_this_prefix_only(make_cache, mine, theirs):
     assert a.get("q", ["user", "post"]) == RESULT
 
 
-# --- keys -------------------------------------------------------------------------------------------
+# --- keys -----------------------------------------------------------------------------------------
 
 def test_keys_hold_no_sql_parameters_or_data(data):
     cache = data.cache
@@ -590,7 +590,7 @@ def test_driver_type_the_codec_cannot_encode_is_served_uncached(make_cache, requ
         db.close()
 
 
-# --- the default cache and other database classes --------------------------------------------------
+# --- the default cache and other database classes -------------------------------------------------
 
 def test_default_cache_lives_in_the_per_user_cache_dir(tmp_path, monkeypatch):
     xdg = tmp_path / "xdg"
@@ -651,7 +651,7 @@ def test_pooled_postgresql_end_to_end(make_cache, pg_schema):
         db.close_all()
 
 
-# --- processes sharing one L1 ------------------------------------------------------------------------
+# --- processes sharing one L1 ---------------------------------------------------------------------
 
 def _write_in_another_process(db_path: str, l1_dir: str, kv_dir: str, name: str) -> None:
     cache = CloudflareKVCache(LocalKVNamespace(kv_dir), l1_directory=l1_dir)

@@ -43,7 +43,8 @@ def assert_same(a, b, path="value"):
         for k in a:
             assert_same(a[k], b[k], f"{path}[{k!r}]")
     elif isinstance(a, (datetime, time)):
-        assert a == b and a.fold == b.fold and a.utcoffset() == b.utcoffset(), f"{path}: {a!r} != {b!r}"
+        assert a == b and a.fold == b.fold and a.utcoffset() == b.utcoffset(), \
+            f"{path}: {a!r} != {b!r}"
         assert a.replace(tzinfo=None) == b.replace(tzinfo=None), path
         assert b.tzinfo is None or type(b.tzinfo) is timezone, path
     else:
@@ -61,8 +62,10 @@ VALUES = [
     -(2**200), 10**5000,
     0.0, -0.0, 1.5, -2.25, float("nan"), float("inf"), float("-inf"), 1e308, 5e-324, 0.1,
     "", "plain", "héllo ✓ 𝄞", "\ud800lone surrogate", "x" * 70000, "\x00",
-    b"", b"\x00\xff\x10", bytearray(b"ab\x00"), bytearray(), memoryview(b"\x01\x02"), memoryview(b""),
-    Decimal("1.10"), Decimal("1.0"), Decimal("-0"), Decimal("0E-7"), Decimal("1E+2"), Decimal("NaN"),
+    b"", b"\x00\xff\x10", bytearray(b"ab\x00"), bytearray(), memoryview(b"\x01\x02"),
+    memoryview(b""),
+    Decimal("1.10"), Decimal("1.0"), Decimal("-0"), Decimal("0E-7"), Decimal("1E+2"),
+    Decimal("NaN"),
     Decimal("-sNaN"), Decimal("NaN123"), Decimal("Infinity"), Decimal("-Infinity"), Decimal(2**70),
     Decimal("123456789012345678901234567890.123456789012345678901234567890"),
     datetime(2020, 1, 2, 3, 4, 5, 678901), datetime(2021, 11, 7, 1, 30, fold=1),
@@ -83,14 +86,16 @@ VALUES = [
 ]
 
 
-@pytest.mark.parametrize("value", VALUES, ids=[f"{i}-{type(v).__name__}" for i, v in enumerate(VALUES)])
+@pytest.mark.parametrize("value", VALUES,
+                         ids=[f"{i}-{type(v).__name__}" for i, v in enumerate(VALUES)])
 def test_value_round_trips_type_for_type(value):
     assert_same(value, roundtrip(value))
 
 
 def test_aware_datetime_with_zoneinfo_comes_back_as_fixed_offset():
     tz = ZoneInfo("America/New_York")
-    for original in (datetime(2021, 11, 7, 1, 30, tzinfo=tz), datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=tz),
+    for original in (datetime(2021, 11, 7, 1, 30, tzinfo=tz),
+                     datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=tz),
                      datetime(2021, 7, 1, 8, 0, 0, 123, tzinfo=tz)):
         back = roundtrip(original)
         assert type(back.tzinfo) is timezone
@@ -217,7 +222,8 @@ def test_expires_at_must_be_int_or_none(expires):
         encode_entry(CachedResult((), []), expires)
 
 
-RESULT = CachedResult(("id", "name", "at"), [(1, "a", datetime(2020, 1, 1, tzinfo=TZ_IST)), (2, None, None)])
+RESULT = CachedResult(("id", "name", "at"),
+                      [(1, "a", datetime(2020, 1, 1, tzinfo=TZ_IST)), (2, None, None)])
 
 
 def test_header_layout():
@@ -292,12 +298,14 @@ def _raw_entry(payload):
     _raw_entry([None, [], [], 1.5]), _raw_entry([None, [], [], None, None]),
     _raw_entry({}), _raw_entry([None, []]), _raw_entry(["1", [], []]),
     _raw_entry([True, [], []]), _raw_entry([1.5, [], []]), _raw_entry([None, "ab", []]),
-    _raw_entry([None, [1], [[1]]]), _raw_entry([None, ["a"], "x"]), _raw_entry([None, ["a"], [[1, 2]]]),
-    _raw_entry([None, ["a"], [{"a": 1}]]), _raw_entry([None, ["a"], ["a"]]), _raw_entry([None, ["a"], [[]]]),
+    _raw_entry([None, [1], [[1]]]), _raw_entry([None, ["a"], "x"]),
+    _raw_entry([None, ["a"], [[1, 2]]]), _raw_entry([None, ["a"], [{"a": 1}]]),
+    _raw_entry([None, ["a"], ["a"]]), _raw_entry([None, ["a"], [[]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(99, b"")]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(3, b"\x00")]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(5, b"\x07\xe4\x0d\x01")]]]),
-    _raw_entry([None, ["a"], [[msgpack.ExtType(4, b"\x07\xe4\x01\x01" + bytes(9) + (10**12).to_bytes(8, "big"))]]]),
+    _raw_entry([None, ["a"], [[msgpack.ExtType(
+        4, b"\x07\xe4\x01\x01" + bytes(9) + (10**12).to_bytes(8, "big"))]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(2, b"not a number")]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(2, b"\xff")]]]),
     _raw_entry([None, ["a"], [[msgpack.ExtType(9, b"short")]]]),
@@ -454,11 +462,13 @@ def test_sqlite_driver_values_round_trip():
 
 
 PG_SQL = ("SELECT 1.10::numeric, now(), '2020-01-01'::date, '12:00'::time, '12:00+02'::timetz, "
-          "interval '1 day', gen_random_uuid(), '\\x0102'::bytea, '{\"a\":[1,2]}'::json, ARRAY[1,2], "
-          "NULL, true, 2^70::numeric, 9223372036854775807::bigint")
-PG_EXTRA_SQL = ("SELECT '2020-06-01 12:00:00.123456+00'::timestamptz, ARRAY[1.10, NULL, 2]::numeric[], "
+          "interval '1 day', gen_random_uuid(), '\\x0102'::bytea, '{\"a\":[1,2]}'::json, "
+          "ARRAY[1,2], NULL, true, 2^70::numeric, 9223372036854775807::bigint")
+PG_EXTRA_SQL = ("SELECT '2020-06-01 12:00:00.123456+00'::timestamptz, "
+                "ARRAY[1.10, NULL, 2]::numeric[], "
                 "ARRAY[NULL, NULL]::int[], '{\"a\":{\"b\":[1,null,\"x\",1.5]},\"z\":true}'::jsonb, "
-                "'NaN'::numeric, '-0.0'::float8, 'Infinity'::float8, '2020-01-01 01:02:03.000004'::timestamp, "
+                "'NaN'::numeric, '-0.0'::float8, 'Infinity'::float8, "
+                "'2020-01-01 01:02:03.000004'::timestamp, "
                 "'1 year 2 mons -3 days 04:05:06.7'::interval, ''::text, ''::bytea")
 
 

@@ -181,7 +181,7 @@ def test_empty_secret_is_refused_up_front(tmp_path, secret):
         CloudflareKVCache(l1_directory=str(tmp_path / "l1"), secret=secret)
 
 
-# --- expiry through a real database ----------------------------------------------------------------
+# --- expiry through a real database ---------------------------------------------------------------
 
 @pytest.fixture
 def open_sqlite(make_cache, tmp_path):
@@ -294,7 +294,7 @@ def test_explicit_expiry_beats_default_ttl(open_sqlite):
         assert names(query) == ["bob"]
 
 
-# --- KEEPTTL -----------------------------------------------------------------------------------------
+# --- KEEPTTL --------------------------------------------------------------------------------------
 
 ONE = CachedResult(("v",), [(1,)])
 TWO = CachedResult(("v",), [(2,)])
@@ -399,7 +399,7 @@ def test_keep_ttl_through_a_query_after_a_write(open_sqlite):
         assert names(names_query(keep_ttl=True)) == ["alice", "carol"]
         sneak_insert(db, "dave")
         clock.tick(7)                                          # t0 + 11 s
-        assert names(names_query(keep_ttl=True)) == ["alice", "carol"]      # still cached (default TTL)
+        assert names(names_query(keep_ttl=True)) == ["alice", "carol"]  # cached (default TTL)
 
 
 def test_keep_ttl_honours_a_live_entry_only_l2_holds(make_cache):
@@ -414,7 +414,7 @@ def test_keep_ttl_honours_a_live_entry_only_l2_holds(make_cache):
         assert only_entry(other)[1] == START_MS + 10_000
 
 
-# --- L2 backfill and KV's 60 s floor -------------------------------------------------------------------
+# --- L2 backfill and KV's 60 s floor --------------------------------------------------------------
 
 def test_l2_backfill_keeps_the_l2_entrys_remaining_lifetime(open_sqlite):
     with freeze_time(START) as clock:
@@ -474,7 +474,7 @@ def test_kv_expiration_floor(open_sqlite, option, alive_for, kv_expiration):
         assert cache.get_stats().l2_hits == l2_hits
 
 
-# --- freezegun as users configure it ----------------------------------------------------------------
+# --- freezegun as users configure it --------------------------------------------------------------
 
 PAST = datetime(2020, 6, 1, 8, 0, 0, tzinfo=timezone.utc)
 
@@ -503,7 +503,8 @@ def test_under_a_users_freeze_time_an_entry_lives_its_ttl_and_reaches_l2(
         sneak_rename(db, "bob")
         clock.tick(20)                                       # past l1_max_age: L2 confirms it
         assert names(query) == ["alice"]
-        other = CachedSqliteDatabase(str(tmp_path / "ttl.db"), cache=make_cache("l1-other", l2_reads="always"))
+        other = CachedSqliteDatabase(str(tmp_path / "ttl.db"),
+                                     cache=make_cache("l1-other", l2_reads="always"))
         with other.bind_ctx([User]):                         # a host with an empty L1
             assert names(names_query(ex=30)) == ["alice"]
             assert other.cache.get_stats().l2_hits == 1

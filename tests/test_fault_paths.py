@@ -166,7 +166,7 @@ def test_an_unusable_l1_behaves_like_a_store_that_raises(server, kv_cache, tmp_p
             call()
     assert list(outbox.claim_due(1)) == []               # nothing was ever recorded there
     with pytest.raises(AttributeError):
-        store.no_such_method                             # not a function for any name
+        _ = store.no_such_method                         # not a function for any name
     cache.close()
 
 

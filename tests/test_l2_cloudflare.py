@@ -133,8 +133,12 @@ def test_two_processes_share_l2_and_a_late_process_finds_everything(server, tmp_
     srv = info(server)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as a, ctx.Pool(1) as b:
-        run_a = lambda action: a.apply(_process, ((action, srv, str(tmp_path / "l1-a"), db_path),))
-        run_b = lambda action: b.apply(_process, ((action, srv, str(tmp_path / "l1-b"), db_path),))
+        def run_a(action):
+            return a.apply(_process, ((action, srv, str(tmp_path / "l1-a"), db_path),))
+
+        def run_b(action):
+            return b.apply(_process, ((action, srv, str(tmp_path / "l1-b"), db_path),))
+
         assert run_a("read")[:3] == (["a"], 0, 0)          # A: miss, stores in L1 and L2
         result, l1_hits, l2_hits, total = run_b("read")
         assert (result, l1_hits, l2_hits, total) == (["a"], 0, 1, 1)   # B: from L2

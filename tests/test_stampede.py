@@ -1,4 +1,5 @@
 """Stampede protection: many threads or processes missing the same key run the query once."""
+import functools
 import multiprocessing
 import threading
 import time
@@ -75,7 +76,7 @@ def test_a_shape_known_to_be_expensive_stays_guarded(slow_db):
     db, runs = slow_db
     for lowest in (1, 0, -1):  # the first stampede meets an unknown shape, the others a slow one
         runs.clear()
-        results, errors = run_threads(4, lambda: names_from(lowest))
+        results, errors = run_threads(4, functools.partial(names_from, lowest))
         assert errors == [] and results == [["a"]] * 4
         assert len(runs) == 1
 

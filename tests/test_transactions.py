@@ -154,7 +154,7 @@ class _ListCursor:
 def test_failure_at_begin_leaves_no_state(data, backend):
     scores()
     bad = {"lock_type": "BOGUS"} if backend == "sqlite" else {"isolation_level": "NOT A LEVEL"}
-    with pytest.raises(Exception):
+    with pytest.raises(peewee.DatabaseError):
         with data.atomic(**bad):
             pass
     assert data._kv_open_transaction() is None and not data.in_transaction()

@@ -114,7 +114,8 @@ NAMESPACE_CASES = [
     ("account_id", 123, TypeError), ("account_id", "", ValueError), ("account_id", None, TypeError),
     ("namespace_id", 456, TypeError), ("namespace_id", "", ValueError),
     ("timeout", "3", TypeError), ("timeout", 0, ValueError), ("timeout", -1.0, ValueError),
-    ("timeout", None, TypeError), ("timeout", (1.0,), ValueError), ("timeout", (1.0, "x"), TypeError),
+    ("timeout", None, TypeError), ("timeout", (1.0,), ValueError),
+    ("timeout", (1.0, "x"), TypeError),
     ("timeout", (1.0, 2.0, 3.0), ValueError), ("timeout", NAN, ValueError),
     ("read_timeout", "x", TypeError), ("read_timeout", 0, ValueError),
     ("read_timeout", (0, 1), ValueError),
@@ -213,7 +214,8 @@ def test_with_cache_on_a_database_without_a_cache_warns_once_per_database(tmp_pa
 
 def test_with_cache_on_an_unbound_query_warns(monkeypatch):
     import peewee_kvcache.orm.query
-    monkeypatch.setattr(peewee_kvcache.orm.query, "_warned", weakref.WeakSet())  # as in a new process
+    # as in a new process
+    monkeypatch.setattr(peewee_kvcache.orm.query, "_warned", weakref.WeakSet())
     caught = with_cache_warnings(Thing.select, Thing.select)
     assert len(caught) == 1 and "no database" in str(caught[0].message)
     assert caught[0].filename == __file__

@@ -1,4 +1,5 @@
-"""The background writer: puts are coalesced while it lingers, and drain() never waits the linger."""
+"""The background writer: puts are coalesced while it lingers, and drain() never waits the
+linger."""
 import time
 
 from peewee_kvcache.invalidation.writer import BackgroundWriter, PutTask

@@ -114,7 +114,8 @@ class _Encoder:
             datetime: _datetime_ext,
             date: lambda v: ExtType(_X_DATE, _DATE.pack(v.year, v.month, v.day)),
             time: _time_ext,
-            timedelta: lambda v: ExtType(_X_TIMEDELTA, _TIMEDELTA.pack(v.days, v.seconds, v.microseconds)),
+            timedelta: lambda v: ExtType(_X_TIMEDELTA,
+                                         _TIMEDELTA.pack(v.days, v.seconds, v.microseconds)),
             UUID: lambda v: ExtType(_X_UUID, v.bytes),
             tuple: self._tuple_ext,
         }
@@ -122,7 +123,8 @@ class _Encoder:
     def _tuple_ext(self, value: tuple) -> ExtType:
         if self._inner is None:
             if self._depth == _MAX_TUPLE_DEPTH:
-                raise UnsupportedValue(f"cannot cache tuples nested more than {_MAX_TUPLE_DEPTH} deep")
+                raise UnsupportedValue(
+                    f"cannot cache tuples nested more than {_MAX_TUPLE_DEPTH} deep")
             self._inner = _Encoder(self._sort_keys, self._depth + 1)
         return ExtType(_X_TUPLE, self._inner.pack(self._inner.walk(list(value))))
 
@@ -162,7 +164,8 @@ class _Encoder:
 
 @contextmanager
 def _limits_as_unsupported() -> Iterator[None]:
-    """Values too deep to encode (msgpack's nesting limit, Python's recursion limit) aren't cached."""
+    """Values too deep to encode (msgpack's nesting limit, Python's recursion limit) aren't
+    cached."""
     try:
         yield
     except CodecError:
@@ -185,7 +188,8 @@ def _decode_tuple(data: bytes, depth: int) -> tuple:
         raise CodecError("tuples nested too deeply")
     # An Unpacker keeps its parse stack on the heap; a nested unpackb() would put ~40 KB on the
     # C stack per level, enough for crafted input to overflow a thread's stack.
-    unpacker = msgpack.Unpacker(ext_hook=partial(_ext_hook, depth=depth), unicode_errors="surrogatepass")
+    unpacker = msgpack.Unpacker(ext_hook=partial(_ext_hook, depth=depth),
+                                unicode_errors="surrogatepass")
     unpacker.feed(data)
     items = list(unpacker)
     if len(items) != 1 or type(items[0]) is not list:
@@ -195,7 +199,8 @@ def _decode_tuple(data: bytes, depth: int) -> tuple:
 
 def _datetime(y: int, mo: int, d: int, h: int, mi: int, s: int, us: int, fold: int,
               offset_us: Optional[int] = None) -> datetime:
-    return datetime(y, mo, d, h, mi, s, us, None if offset_us is None else _tz(offset_us), fold=fold)
+    tzinfo = None if offset_us is None else _tz(offset_us)
+    return datetime(y, mo, d, h, mi, s, us, tzinfo, fold=fold)
 
 
 def _time(h: int, mi: int, s: int, us: int, fold: int, offset_us: Optional[int] = None) -> time:

@@ -105,7 +105,8 @@ def _stamp_names(tables: FrozenSet[str], tags: FrozenSet[str], auto_invalidate: 
 @functools.lru_cache(maxsize=4096)
 def tag_digest_part(tags: Tuple[str, ...], auto_invalidate: bool) -> bytes:
     """Bytes mixed into a result key so entries with different tags/auto flags never collide."""
-    return ("\x00".join(sorted(set(tags))) + ("\x01auto" if auto_invalidate else "\x01manual")).encode()
+    flag = "\x01auto" if auto_invalidate else "\x01manual"
+    return ("\x00".join(sorted(set(tags))) + flag).encode()
 
 
 def _is_model(obj: Any) -> bool:
