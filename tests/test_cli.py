@@ -585,3 +585,35 @@ def test_a_cache_fault_in_a_command_names_its_exception_and_no_query(env):
         in result.stderr
     assert "peewee_kvcache: peewee_kvcache:" not in result.stderr  # the logger's name once
     assert "database" not in result.stderr.lower()
+
+
+# --- explain ---------------------------------------------------------------------------------
+
+def test_explain_a_cached_query_and_an_uncacheable_one(env, tmp_path):
+    """The SQL an application's query object sends, explained against that application's
+    directories and database: where it is held, its key, what would serve it."""
+    cache = open_cache(env)
+    populate(tmp_path, cache)
+    db = CachedSqliteDatabase(str(tmp_path / "app-pkv.db"), cache=cache)
+    with db.bind_ctx([Author]):
+        query = Author.select().where(Author.id > 0).with_cache(ex=300)
+        sql, params = query.sql()
+        expected = db.cache.explain(query)
+    db.close()
+    cache.close()
+    database = f"sqlite:///{tmp_path / 'app-pkv.db'}"  # four slashes: an absolute path
+    args = ["explain", sql, *(arg for p in params for arg in ("--param", str(p))),
+            "--database", database]
+    text = run_cli(*args, env=env)
+    assert text.returncode == 0, text.stderr
+    assert "tables:     author" in text.stdout and "cacheable:  yes" in text.stdout
+    assert f"key:        {expected.key}" in text.stdout
+    assert "l1:         holds it" in text.stdout and "served by:  l1" in text.stdout
+    data = run_json(*args, env=env)
+    assert data["key"] == expected.key and data["served_by"] == "l1"
+    assert data["levels"]["l2"]["holds"] and data["tables"] == ["author"]
+    volatile = run_json("explain", "SELECT random() FROM author", "--database", database,
+                        env=env)
+    assert not volatile["cacheable"] and volatile["reason"].startswith("volatile function")
+    raw = run_json("explain", sql, "--raw", "--database", database, env=env)
+    assert not raw["cacheable"] and raw["reason"].startswith("raw SQL is not cached")

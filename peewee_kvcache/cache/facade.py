@@ -158,18 +158,19 @@ class CloudflareKVCache(SeedAPI):
         sweep is recorded durably before, the tokens bumped and the sweep sent after."""
         return self._invalidations.around(names, run)
 
-    def explain(self, query: Any, database: Any = None) -> Any:
+    def explain(self, query: Any, database: Any = None, **options: Any) -> Any:
         """Why ``query`` is or isn't cached: its tables and tags, whether it can be cached and
         why not, its key, what each level holds and which would serve it now (``str()`` for
         people, ``.as_dict()`` for scripts). ``query``: a Peewee select bound to a database
-        using this cache, or a SQL string with that ``database``. Nothing runs; L2 is read
-        once."""
+        using this cache, or a SQL string with that ``database`` (``options``: ``params``, and
+        ``as_query=True`` for the text of a query object rather than raw SQL). Nothing runs; L2
+        is read once."""
         database = database if database is not None else getattr(query, "_database", None)
         explain = getattr(database, "_kv_explain", None)
         if explain is None or getattr(database, "cache", None) is not self:
             raise TypeError(f"query must be bound to a database using this cache (or that "
                             f"database given), got {type(query).__name__} and {database!r}")
-        return explain(query, self._reader.probe)
+        return explain(query, self._reader.probe, **options)
 
     def seq(self) -> Optional[int]:
         """The token counter (a transaction's baseline); None on fault."""

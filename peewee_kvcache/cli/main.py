@@ -329,9 +329,10 @@ def index_rebuild(args: argparse.Namespace) -> int:
 
 # --- demo -------------------------------------------------------------------------------------
 
-def _demo_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
+def _open_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
                    ) -> Tuple[peewee.Database, str]:
-    """The demo's database, connected, and how to show it: a temporary SQLite file, or ``url``
+    """The database of ``demo`` or ``explain``, connected, and how to show it: a temporary
+    SQLite file, or ``url``
     parsed by ``playhouse.db_url`` (its password never shown)."""
     if url is None:
         path = os.path.join(tmp, "demo.db")
@@ -378,6 +379,29 @@ def _check_sqlite_path(url: str, path: str) -> None:
                          f"directory, sqlite:////absolute/path from /){hint}")
 
 
+def _param(text: str) -> Any:
+    """A --param value: JSON where it reads as JSON (1, 2.5, null, true), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def explain(args: argparse.Namespace) -> int:
+    """Why a query's SQL is (or isn't) cached, its key, and what each level holds for it."""
+    with _opened(args) as (cache, where), tempfile.TemporaryDirectory() as tmp:
+        db, shown = _open_database(args.database, cache, tmp)
+        try:
+            explained = db.explain_cache(args.sql, params=args.param, as_query=not args.raw)
+        finally:
+            db.close()
+    if args.json:
+        _print_json({"database": shown, "kv": where, **explained.as_dict()})
+    else:
+        print(f"database:   {shown}\nkv:         {where}\n{explained}")
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     """A realistic workload, step by step, on throwaway storage unless told otherwise."""
     screen = console.STDERR if args.json else console.STDOUT
@@ -390,7 +414,7 @@ def demo(args: argparse.Namespace) -> int:
             raise
         cache = _open_cache(args, namespace, os.path.join(tmp, "l1"))
         try:
-            db, shown = _demo_database(args.database, cache, tmp)
+            db, shown = _open_database(args.database, cache, tmp)
             try:
                 with console.new_progress(screen) as progress:
                     task = progress.add_task("demo", total=STEP_COUNT, count="")
@@ -491,6 +515,25 @@ def build_parser() -> argparse.ArgumentParser:
              "size and queued invalidation sweeps. Hit and miss counters belong to each "
              "application process and are not shown here.",
              "peewee-kvcache stats --kv cloudflare --json", common)
+
+    exp = _command(
+        commands, "explain", explain, "why is (or isn't) a query cached",
+        "For the SQL of a query (as a query object run with with_cache() sends it; --raw: as "
+        "raw SQL, which is never cached) on --database: the tables and tags it depends on, "
+        "whether it is cacheable and if not why (volatile function, locking read, raw SQL), "
+        "its key, whether memory, L1 and L2 hold it and for how long, and which level would "
+        "serve it now. Memory is this command's own (empty): the application's processes each "
+        "have theirs. Nothing is run; L2 is read once.",
+        "peewee-kvcache explain 'SELECT \"t1\".\"id\" FROM \"author\" AS \"t1\" WHERE "
+        "(\"t1\".\"id\" = ?)' --param 1 --database sqlite:///app.db", common)
+    exp.add_argument("sql", help="the SQL text, with placeholders as the driver takes them")
+    exp.add_argument("--param", action="append", default=[], type=_param, metavar="VALUE",
+                     help="a parameter, in order (repeatable; JSON where it parses: 1, null)")
+    exp.add_argument("--raw", action="store_true", help="explain it as raw SQL (execute_sql)")
+    exp.add_argument("--database", metavar="URL",
+                     help="the application's database: postgresql://user@host:port/db, "
+                     "mysql://..., sqlite:///relative/path.db or sqlite:////absolute/path.db "
+                     "(default: an empty temporary SQLite file)")
 
     inv = _command(
         commands, "invalidate", invalidate, "drop every cached result of some tables or tags",

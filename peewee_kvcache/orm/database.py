@@ -173,14 +173,15 @@ class CachedDatabase:
         if txn is not None:
             txn.invalidated.update(names)
 
-    def explain_cache(self, query: Any) -> Explanation:
+    def explain_cache(self, query: Any, params: Sequence[Any] = (), as_query: bool = False
+                      ) -> Explanation:
         """Why ``query`` (a query object, or a SQL string run here) is or isn't cached, and
-        what each level holds for it: ``db.cache.explain(query, db)``."""
-        return self.cache.explain(query, self)
+        what each level holds for it: ``db.cache.explain(query, db)`` (see explain.py)."""
+        return self.cache.explain(query, self, params=params, as_query=as_query)
 
-    def _kv_explain(self, query: Any, probe: Probe) -> Explanation:
+    def _kv_explain(self, query: Any, probe: Probe, **options: Any) -> Explanation:
         """The Peewee layer's half of :meth:`CloudflareKVCache.explain` (see explain.py)."""
-        return explain(self, query, probe)
+        return explain(self, query, probe, **options)
 
     def _kv_broadcast(self, names: Sequence[str], send: statements.Send,
                       where: str) -> statements.Send:

@@ -82,13 +82,17 @@ def _miss_path(explained: Explanation) -> str:
             else "the database, without asking L2") + judged
 
 
-def explain(database: Any, query: Any, probe: Probe) -> Explanation:
-    """Explain ``query`` (a Peewee query object or a raw SQL string) on ``database`` (a
-    ``CachedDatabase``), with ``probe`` telling what the cache's levels hold (see the module
-    doc). Nothing is run; L2 is read once."""
+def explain(database: Any, query: Any, probe: Probe, params: Sequence[Any] = (),
+            as_query: bool = False) -> Explanation:
+    """Explain ``query`` (a Peewee query object or a SQL string with ``params``) on
+    ``database`` (a ``CachedDatabase``), with ``probe`` telling what the cache's levels hold
+    (see the module doc). A SQL string is raw SQL, never cached, unless ``as_query``: the text
+    of a query object run with ``with_cache()`` (what the command line explains). Nothing is
+    run; L2 is read once."""
     if isinstance(query, str):
-        sql, params, options = query, (), None
-        why_not = "raw SQL is not cached: run it as a query object with with_cache()"
+        sql, options = query, (CacheOptions() if as_query else None)
+        why_not = "" if as_query else ("raw SQL is not cached: run it as a query object with "
+                                       "with_cache()")
     elif isinstance(query, peewee.Query):
         sql, params = database.get_sql_context().sql(query).query()
         options = options_for(query, database.cache.strategy)
@@ -98,6 +102,8 @@ def explain(database: Any, query: Any, probe: Probe) -> Explanation:
                         f"{type(query).__name__}")
     info: SqlInfo = database._kv_texts.get(sql) or database._kv_analyze(
         sql, None if isinstance(query, str) else query)
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list or tuple, got {params!r}")
     tags = options.tags if options is not None else ()
     names = stamp_names(info.read_tables, tags, options.auto_invalidate if options else True)
     why_not = why_not or _not_cacheable(database, info, names)
