@@ -17,12 +17,12 @@ import runpy
 import subprocess
 import sys
 import tarfile
+import types
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Set
 
 import pytest
-import setuptools
 
 import peewee_kvcache
 
@@ -35,9 +35,11 @@ OPTIONAL = {"psycopg2": "postgres",  # the PostgreSQL databases (and their NOTIF
 
 
 def setup_arguments(monkeypatch: pytest.MonkeyPatch) -> Dict[str, Any]:
-    """What setup.py passes to ``setup()``, without building anything."""
+    """What setup.py passes to ``setup()``, without building anything (nor needing setuptools,
+    which a virtualenv of Python 3.12+ lacks)."""
     seen: Dict[str, Any] = {}
-    monkeypatch.setattr(setuptools, "setup", seen.update)
+    stand_in = types.SimpleNamespace(setup=seen.update, find_packages=lambda **_: [])
+    monkeypatch.setitem(sys.modules, "setuptools", stand_in)
     monkeypatch.chdir(ROOT)
     runpy.run_path(str(ROOT / "setup.py"))
     return seen
