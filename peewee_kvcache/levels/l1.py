@@ -279,9 +279,17 @@ class L1Store:
         return latest
 
     def tokens(self, names: Sequence[str]) -> Tuple[int, ...]:
-        """Current tokens for ``names``; a name never bumped gets the base token."""
+        """Current tokens for ``names``; a name never bumped gets the base token. Like
+        :meth:`is_current`, from the tokens this process read since the shared counter last
+        moved when it has them all (a miss then reads no row)."""
         if self._owed.touches(names):
             self.settle()
+        seq = self.counter.read()
+        snapshot = self._snapshot
+        if snapshot[0] == seq:
+            known = [snapshot[1].get(name) for name in names]
+            if None not in known:
+                return tuple(known)  # type: ignore[arg-type]
 
         def read() -> Dict[str, Any]:
             found: Dict[str, Any] = {}
@@ -297,6 +305,8 @@ class L1Store:
                 conn.executemany("INSERT OR IGNORE INTO token (name, token) VALUES (?, ?)",
                                  [(name, base) for name in names if name not in found])
             found = read()
+        if snapshot[0] == seq:  # read after the counter showed seq: current while it does
+            snapshot[1].update(found)
         return tuple(int(found[name]) for name in names)
 
     def is_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
