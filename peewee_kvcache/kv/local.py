@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..core import forksafe
-from ..core.wal import use_wal
+from ..core.sqlite import ThreadConnection, use_wal
 from . import codes, limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
@@ -66,27 +66,6 @@ def _store_errors() -> Iterator[None]:
         raise KVError(f"local KV store failed: {exc}") from exc
 
 
-class _Handle:
-    """One thread's connection. Its lock is held for every use and for closing it, so a
-    connection is never closed under a running statement (SQLite would crash, not raise)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.closed = False
-
-    def close_if_idle(self) -> bool:
-        """Close now unless its thread is using it (that thread then closes it when done)."""
-        if not self.lock.acquire(blocking=False):
-            return False
-        try:
-            self.closed = True
-            self.conn.close()
-        finally:
-            self.lock.release()
-        return True
-
-
 class LocalKVNamespace(KVNamespace):
     """A KV namespace kept in ``<directory>/kv.sqlite3``; every KV limit is enforced."""
 
@@ -97,8 +76,8 @@ class LocalKVNamespace(KVNamespace):
         self._path = os.path.join(self.directory, "kv.sqlite3")
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        self._handles: Dict[int, _Handle] = {}
-        self._inherited: List[_Handle] = []
+        self._handles: Dict[int, ThreadConnection] = {}
+        self._inherited: List[ThreadConnection] = []
         self._closed = False
         forksafe.after_fork_in_child(self._after_fork)
         with self._write() as conn:
@@ -115,7 +94,7 @@ class LocalKVNamespace(KVNamespace):
         self._inherited.extend(self._handles.values())
         self._handles = {}
 
-    def _handle(self) -> _Handle:
+    def _handle(self) -> ThreadConnection:
         """This thread's connection, opened on first use. (A thread that ended left its
         connection idle: a new thread given the same ident takes it over.)"""
         ident = threading.get_ident()
@@ -132,7 +111,7 @@ class LocalKVNamespace(KVNamespace):
             with self._lock:
                 if self._closed:
                     raise KVError(f"{self!r} is closed")
-                handle = self._handles[ident] = _Handle(conn)
+                handle = self._handles[ident] = ThreadConnection(conn)
         except BaseException:
             conn.close()  # nobody else ever saw it
             raise

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from ..core import forksafe
-from ..core.wal import use_wal
+from ..core.sqlite import ThreadConnection, use_wal
 
 FILE_NAME = "state.sqlite3"
 
@@ -103,27 +103,14 @@ class StateClosed(sqlite3.ProgrammingError):
     """The state file was closed (an SQLite error, so callers count it as an L1 fault)."""
 
 
-class _Handle:
-    """One thread's connection. Its lock is held for every use and for closing it, so a
-    connection is never closed under a running statement (SQLite would crash, not raise)."""
+class _Handle(ThreadConnection):
+    """One thread's connection, its lock re-entered by a write nested in another."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.RLock()  # re-entered by a write nested in another
-        self.closed = False
+        super().__init__(conn, threading.RLock())
         self.depth = 0  # write() blocks open on this connection
         self.after_commit: List[Callable[[], None]] = []
         self.after_rollback: List[Callable[[], None]] = []
-
-    def close_if_idle(self) -> bool:
-        if not self.lock.acquire(blocking=False):
-            return False
-        try:
-            self.closed = True
-            self.conn.close()
-        finally:
-            self.lock.release()
-        return True
 
 
 class StateFile:

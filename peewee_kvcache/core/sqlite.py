@@ -1,4 +1,6 @@
-"""WAL mode for a SQLite file that several processes may open (and create) at the same moment.
+"""SQLite files this library keeps (the local KV store, the L1 state file): one connection per
+thread, never closed under a running statement, and WAL mode for a file that several processes may
+open (and create) at the same moment.
 
 The busy timeout does not cover the switch to WAL: the ``journal_mode`` pragma reads the file's
 header under a read lock, then upgrades to the write lock to rewrite it. SQLite never waits for
@@ -10,7 +12,9 @@ after the winner's switch finds the file in WAL mode and only reads.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from typing import Any, Optional
 
 #: first pause between attempts (doubled each time, up to the second)
 FIRST_PAUSE_S = 0.001
@@ -37,3 +41,24 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
         if mode != "wal":
             raise sqlite3.OperationalError(f"SQLite kept journal mode {mode!r} instead of WAL")
         return
+
+
+class ThreadConnection:
+    """One thread's connection. Its lock is held for every use and for closing it, so a
+    connection is never closed under a running statement (SQLite would crash, not raise)."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: Optional[Any] = None) -> None:
+        self.conn = conn
+        self.lock = lock if lock is not None else threading.Lock()
+        self.closed = False
+
+    def close_if_idle(self) -> bool:
+        """Close now unless its thread is using it (that thread then closes it when done)."""
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            self.closed = True
+            self.conn.close()
+        finally:
+            self.lock.release()
+        return True
