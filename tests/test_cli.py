@@ -160,7 +160,8 @@ def test_help_has_a_description_and_an_example(command):
     usage, description = result.stdout.split("\n\n")[:2]
     assert usage.startswith("usage: peewee-kvcache")
     assert len(description.split()) >= 12  # a paragraph, not a label
-    assert "\nexample" in result.stdout and "  peewee-kvcache " in result.stdout.split("example")[-1]
+    example = result.stdout.split("example")[-1]
+    assert "\nexample" in result.stdout and "  peewee-kvcache " in example
 
 
 def test_no_command_is_a_usage_error():
@@ -228,7 +229,7 @@ def test_demo_json_is_consistent(env):
     assert [r["served_by"] for r in emptied] == ["L2", emptied[1]["served_by"], "memory"]
     assert (emptied[1]["l2"], emptied[1]["served_by"]) in [("hit", "L2"),
                                                            ("not asked", "database")]
-    for query, timings in report["timings_ms"].items():
+    for timings in report["timings_ms"].values():
         assert timings["database"] > 0 and timings["memory"] > 0
         assert timings["l2"] is None or timings["l2"] > 0
     assert report["timings_ms"]["top-rated authors (join of 3, AVG)"]["l2"] > 0

@@ -3,6 +3,7 @@ server's own counters), invalidation latency by number of entries, and throughpu
 threads while 1 thread writes, with and without the cache."""
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -103,7 +104,8 @@ def invalidation(env: Environment, sizes: List[int]) -> List[RequestRow]:
                 cache.put(f"{table}:{i}", SEED_RESULT, [table])
             cache.drain(300)
             label = f"invalidate {k:,} entr{'y' if k == 1 else 'ies'}"
-            rows.append(_counted(env, label, 1, lambda: _invalidate_and_drain(cache, table)))
+            rows.append(_counted(env, label, 1,
+                                 functools.partial(_invalidate_and_drain, cache, table)))
     finally:
         cache.close()
     return rows

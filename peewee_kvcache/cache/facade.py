@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import (Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple,
+from typing import (Any, Callable, Hashable, Iterable, List, Optional, Sequence, Tuple,
                     TypeVar, Union)
 
 from ..core.config import DEFAULT_CONFIG, CacheConfig

@@ -7,9 +7,10 @@ in the second half of that window is queued, and the background writer checks ev
 with one bulk read per 100 keys (metadata only matter). An entry found in L2, written by a query
 that started no later than this host's copy's, is confirmed as of when it was queued (before the
 bulk read was sent, on the clock of the query that queued it, so a test's frozen clock and the
-writer thread's never mix): no sweep up to then removed it, so none of its tables changed. Found newer: the newer entry
-is fetched and kept. Missing: swept (or expired) elsewhere; this process stops serving it. An
-entry nobody re-checked in time is a miss, as before: the bound is ``l1_max_age`` exactly.
+writer thread's never mix): no sweep up to then removed it, so none of its tables changed.
+Found newer: the newer entry is fetched and kept. Missing: swept (or expired) elsewhere; this
+process stops serving it. An entry nobody re-checked in time is a miss, as before: the bound is
+``l1_max_age`` exactly.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The seed's API: results stored and looked up by a caller-made key (``get``/``put``). Kept apart from the query cache's own API (facade.py), which it shares
-the levels with."""
+"""The seed's API: results stored and looked up by a caller-made key (``get``/``put``). Kept
+apart from the query cache's own API (facade.py), which it shares the levels with."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional

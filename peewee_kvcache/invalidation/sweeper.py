@@ -320,7 +320,8 @@ class Sweeper:
         on success."""
         keys: List[str] = []
         for name, before_ms in boundaries.items():
-            ok, stale = self._l2.call("L2 invalidation listing failed", self._l2.keyspace.stale_keys,
+            ok, stale = self._l2.call("L2 invalidation listing failed",
+                                      self._l2.keyspace.stale_keys,
                                       name, before_ms + self._clock_skew_ms)
             if not ok:
                 return False

@@ -131,7 +131,7 @@ class KVNamespace(abc.ABC):
                 return
             cursor = page.cursor
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for backends: the default holds nothing
         """Release resources (connections, files); the default holds none."""
 
 

@@ -8,8 +8,9 @@ The session part keeps result keys apart when statements such as ``SET search_pa
 ROLE`` or ``USE db`` make the same SQL mean something else. Each connection carries an identity
 (the database's, plus the session statements it ran) that feeds every key made on it; a hit pays
 nothing more than before, as the key hash prefix is memoised per identity. Statements are kept by
-what they set (``SqlInfo.session``), last one per setting, in order, so connections that ran the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching
-between tenants reuses each tenant's entries instead of growing a new identity per request. A
+what they set (``SqlInfo.session``), last one per setting, in order, so connections that ran
+the same ``SET search_path TO tenant2`` share entries, and a pooled connection switching between
+tenants reuses each tenant's entries instead of growing a new identity per request. A
 statement whose effect can't be keyed (an expression, a variable, a transaction that may roll it
 back) gives the connection an identity of its own until it is closed: never shared, never wrong.
 """

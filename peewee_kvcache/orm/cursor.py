@@ -7,7 +7,8 @@ from ..core.codec import CachedResult
 
 
 class CachedCursor:
-    """Serves ``description``, ``fetchone``/``fetchmany``/``fetchall``, iteration and ``rowcount``."""
+    """Serves ``description``, ``fetchone``/``fetchmany``/``fetchall``, iteration and
+    ``rowcount``."""
 
     arraysize = 1
     lastrowid: Optional[int] = None

@@ -131,7 +131,8 @@ def _warn_if_uncached(database: Any) -> None:
 
 
 def find_options(query: Any, depth: int = 0) -> Optional[CacheOptions]:
-    """The query's options, or those of the select it wraps (``count()``, ``exists()``, compounds)."""
+    """The query's options, or those of the select it wraps (``count()``, ``exists()``,
+    compounds)."""
     options = query.__dict__.get("_kvcache")
     if options is not None or depth > 3:
         return options
