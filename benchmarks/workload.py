@@ -31,7 +31,6 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import peewee
 
-from peewee_kvcache import LocalKVNamespace
 from peewee_kvcache.testing import KVServer
 from pkvbench import host
 from pkvbench.host import EMBEDDED, NO_CACHE, REST, HostReport, HostSpec, L2Spec
@@ -111,12 +110,7 @@ def _l2(env: Environment, variant: Variant, run_dir: Path) -> L2Spec:
         server.latency = (variant.latency_ms or 0) / 1000.0
         return L2Spec(REST, base_url=server.base_url, account_id=server.account_id,
                       namespace_id=server.namespace_id, api_token=server.api_token)
-    directory = str(run_dir / "kv")
-    if variant.kind == EMBEDDED:
-        # created (in WAL mode) before the hosts start: two processes creating the same new
-        # LocalKVNamespace at once can fail with "database is locked" on PRAGMA journal_mode
-        LocalKVNamespace(directory).close()
-    return L2Spec(variant.kind, directory=directory)
+    return L2Spec(variant.kind, directory=str(run_dir / "kv"))  # the hosts create it together
 
 
 def _receive(pipe: Connection, tag: str) -> Any:
