@@ -222,3 +222,68 @@ def test_an_entry_swept_elsewhere_is_not_served_past_l1_max_age(hosts, far_kv):
             assert query.get().name == "new"
         stats = a.cache.get_stats()
     assert stats.l1_refreshes_gone == 1 and stats.l1_refreshes == 0
+
+
+def test_a_recheck_never_restamps_another_result_held_in_memory(make_cache, tmp_path):
+    """Found in review: two processes of host A share an L1 directory; host D's write swept A's
+    result X from L2 and D stored the new result E'. A2 re-checks its L1 copy, finds E' and keeps
+    it; A1 then re-checks: L1 holds E', L2 holds E' — confirmed — but A1's memory still held X,
+    with the same tokens. It must not be re-stamped (it was, and served until its TTL)."""
+    path = str(tmp_path / "app.db")
+    options = dict(l1_max_age=10.0, max_put_delay=0.5, l2_reads="always")
+    with freeze_time("2026-12-01 12:00:00") as clock:
+        a1 = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
+        a2 = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
+        d = CachedSqliteDatabase(path, cache=make_cache("l1-d", **options))
+
+        def read(db: CachedSqliteDatabase) -> str:
+            with db.bind_ctx([Item]):
+                return Item.select().where(Item.id == 1).with_cache().get().name
+
+        with a1.bind_ctx([Item]):
+            a1.create_tables([Item])
+            Item.create(name="x")
+        assert read(a1) == "x" and a1.cache.drain(10)  # X: A1's memory, A's L1, L2
+        clock.tick(1)
+        with d.bind_ctx([Item]):
+            Item.update(name="new").where(Item.id == 1).execute()  # no NOTIFY on SQLite
+        assert d.cache.drain(10)  # D's sweep deleted X from L2
+        assert read(d) == "new" and d.cache.drain(10)  # E' in L2
+        clock.tick(5)  # past half of l1_max_age, within it: X may still be served...
+        assert read(a2) == "x" and a2.cache.drain(10)  # ...A2's re-check keeps E' in A's L1
+        assert read(a1) == "x" and a1.cache.drain(10)  # A1's re-check confirms E' in L1
+        assert read(a1) == "new"  # and A1's memory no longer serves X
+        for db in (a1, a2, d):
+            db.close()
+
+
+def test_a_recheck_does_not_order_results_by_two_hosts_clocks(make_cache, tmp_path):
+    """Found in review: host H's clock runs 2 s ahead of D's (clock_skew=2 says so). H holds X,
+    created at H's T+2; D's write sweeps it and D stores E', created at D's T+0.5. E' is newer,
+    though its creation time is smaller: a re-check must keep L2's entry, not confirm X."""
+    path = str(tmp_path / "app.db")
+    options = dict(l1_max_age=10.0, max_put_delay=0.5, clock_skew=2.0, l2_reads="always")
+    h = CachedSqliteDatabase(path, cache=make_cache("l1-h", **options))
+    d = CachedSqliteDatabase(path, cache=make_cache("l1-d", **options))
+
+    def read(db: CachedSqliteDatabase) -> str:
+        with db.bind_ctx([Item]):
+            return Item.select().where(Item.id == 1).with_cache().get().name
+
+    with freeze_time("2026-12-01 12:00:00") as clock:
+        with d.bind_ctx([Item]):
+            d.create_tables([Item])
+            Item.create(name="x")
+        clock.move_to("2026-12-01 12:00:02")  # H's clock
+        assert read(h) == "x" and h.cache.drain(10)
+        clock.move_to("2026-12-01 12:00:00")  # D's clock
+        with d.bind_ctx([Item]):
+            Item.update(name="new").where(Item.id == 1).execute()
+        assert d.cache.drain(10)  # the sweep (allowing for 2 s of skew) deleted X
+        clock.move_to("2026-12-01 12:00:00.500")
+        assert read(d) == "new" and d.cache.drain(10)  # E' in L2, created at 00.500
+        clock.move_to("2026-12-01 12:00:08")  # H: X is in the second half of l1_max_age
+        assert read(h) == "x" and h.cache.drain(10)  # served (within the bound), re-checked
+        assert read(h) == "new"
+    h.close()
+    d.close()

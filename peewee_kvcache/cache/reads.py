@@ -188,10 +188,12 @@ class Reader:
             return None
         return result, expires_at_ms
 
-    def fetch(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
-              ) -> Optional[CachedResult]:
+    def fetch(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None,
+              at_ms: Optional[int] = None) -> Optional[CachedResult]:
         """The entry L2 holds, unless a sweep of one of ``names`` is pending; kept in L1 and
-        memory. Its cost and outcome feed the estimates for ``shape``."""
+        memory. Its cost and outcome feed the estimates for ``shape``. ``at_ms``: the time it
+        is checked as of, when earlier than now (a background re-check: its queuing time, on
+        the querying thread's clock)."""
         try:
             if self.sweeper.pending_in_memory(names) or self.l1.any_pending(names):
                 self.counters.incr("l2_skipped_pending")
@@ -202,7 +204,7 @@ class Reader:
             return None
         raw, elapsed_ms = self.l2.timed_read("L2 read failed, counted as a miss",
                                              self.l2.layout.entry_key(digest, names))
-        now = now_ms()
+        now = now_ms() if at_ms is None else at_ms
         try:
             decoded = self._decode_l2(digest, raw, now, names) if raw is not None else None
         except L1_FAULTS as exc:

@@ -4,34 +4,33 @@ Another host's invalidation deletes L2 entries but cannot reach this host's L1 (
 there is one, can be lost), so an entry is served only within ``l1_max_age`` of its last check
 against L2. Checking on the query path would make a hit wait for a far L2; instead an entry served
 in the second half of that window is queued, and the background writer checks every queued entry
-with one bulk read per 100 keys (metadata only matter). An entry found in L2, written by a query
-that started no later than this host's copy's, is confirmed as of when it was queued (before the
-bulk read was sent, on the clock of the query that queued it, so a test's frozen clock and the
-writer thread's never mix): no sweep up to then removed it, so none of its tables changed.
-Found newer: the newer entry is fetched and kept. Missing: swept (or expired) elsewhere; this
-process stops serving it. An entry nobody re-checked in time is a miss, as before: the bound is
-``l1_max_age`` exactly.
+with one bulk read per 100 keys (metadata only matter). An entry found in L2 with the fingerprint
+of this host's copy (the very entry) is confirmed as of when it was queued (before the bulk
+read was sent, on the clock of the query that queued it, so a test's frozen clock and the writer
+thread's never mix): no sweep up to then removed it, so none of its tables changed. Found as
+another result (hosts' clocks cannot order two creation times): L2's entry is fetched and kept,
+with the usual check against invalidations this host saw. Missing: swept (or expired)
+elsewhere; this process stops serving it. A confirmed entry's memory copy is dropped rather than
+re-stamped (it may be another result with the same tokens). An entry nobody re-checked in time
+is a miss, as before: the bound is ``l1_max_age`` exactly.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple
 
 from ..core import forksafe
-from ..core.codec import CodecError, created_at
 from ..core.faults import Report
 from ..core.stats import Counters
 from ..kv.base import chunked
 from ..kv.limits import BULK_GET_MAX_KEYS
 from ..l2.gateway import L2Gateway
-from ..l2.layout import created_ms
+from ..l2.layout import fingerprint, fingerprint_of
 from ..levels.entry import Entry
 from ..levels.l1 import L1_FAULTS
 from ..levels.memory import MemoryLevel
 
-#: the faults a re-check meets in L1 (an unreadable entry is simply not confirmed)
-_FAULTS = L1_FAULTS + (CodecError,)
 
 
 @dataclass(eq=False)
@@ -41,8 +40,9 @@ class Refresher:
     l1: Any
     memory: MemoryLevel
     l2: L2Gateway
-    #: fetch and keep a newer L2 entry (the reader's L2 read, off the query path)
-    fetch: Callable[[str, Tuple[str, ...]], Any]
+    #: fetch and keep L2's entry (the reader's L2 read, off the query path): digest, names,
+    #: shape, and the time it is checked as of
+    fetch: Callable[[str, Tuple[str, ...], Optional[Hashable], Optional[int]], Any]
     #: hand work to the background writer
     submit: Callable[[Callable[[], None]], None]
     counters: Counters
@@ -79,29 +79,27 @@ class Refresher:
             self._check(dict(chunk))
 
     def _check(self, due: Dict[str, int]) -> None:
-        entries: Dict[str, Tuple[Entry[bytes], Optional[int], str]] = {}
-        try:
-            for digest in due:
+        entries: Dict[str, Tuple[Entry[bytes], str]] = {}
+        for digest in due:
+            try:
                 entry = self.l1.get(digest)
-                if entry is not None:
-                    key = self.l2.layout.entry_key(digest, entry.names)
-                    entries[digest] = (entry, created_at(entry.value), key)
-        except _FAULTS as exc:
-            self.fault("l1_errors", "L1 read for a re-check failed", exc)
-            return
-        found = self.l2.metadata("L2 re-check failed", [key for _, _, key in entries.values()])
+            except L1_FAULTS as exc:  # this one is not confirmed: it ages into a miss
+                self.fault("l1_errors", "L1 read for a re-check failed", exc)
+                continue
+            if entry is not None:
+                entries[digest] = (entry, self.l2.layout.entry_key(digest, entry.names))
+        found = self.l2.metadata("L2 re-check failed", [key for _, key in entries.values()])
         if found is None:
             return
-        for digest, (entry, created, key) in entries.items():
+        for digest, (entry, key) in entries.items():
             metadata = found.get(key)
             if metadata is None:
                 self._drop(digest)
-                continue
-            theirs = created_ms(metadata)
-            if created is not None and theirs is not None and theirs > created:
-                self.fetch(digest, entry.names)  # a newer result: keep that one
-            else:
+            elif fingerprint_of(metadata) == fingerprint(entry.value):  # this very entry
                 self._confirm(digest, entry, due[digest])
+            else:  # another one (hosts' clocks can't order two): keep L2's, checked as usual
+                self.memory.discard(digest)
+                self.fetch(digest, entry.names, None, due[digest])
 
     def _drop(self, digest: str) -> None:
         """Swept elsewhere (or expired): this host stops serving it at once."""
@@ -113,8 +111,9 @@ class Refresher:
         self.counters.incr("l1_refreshes_gone")
 
     def _confirm(self, digest: str, entry: Entry[bytes], checked_ms: int) -> None:
-        """Mark ``entry`` checked at ``checked_ms``, in L1 and in memory, unless it was replaced
-        meanwhile."""
+        """Mark ``entry`` checked at ``checked_ms`` in L1, unless it was replaced meanwhile.
+        This process's memory copy is dropped, not re-stamped: it may be another result with
+        the same tokens (this host saw no invalidation; L2 did), so the next hit reads L1."""
         try:
             current = self.l1.get(digest)
             if current is None or current.value != entry.value:
@@ -122,10 +121,8 @@ class Refresher:
             confirmed = Entry(entry.names, entry.tokens, entry.expires_at_ms, checked_ms,
                               entry.value)
             self.l1.set(digest, confirmed, checked_ms)
-        except _FAULTS as exc:
+        except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 write for a re-check failed", exc)
             return
-        held = self.memory.get(digest)
-        if held is not None and held.tokens == entry.tokens:
-            self.memory.put(digest, confirmed.holding(held.value))
+        self.memory.discard(digest)
         self.counters.incr("l1_refreshes")

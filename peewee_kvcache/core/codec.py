@@ -298,27 +298,6 @@ def _payload_start(view: memoryview, secret: Optional[bytes], context: bytes) ->
     return start
 
 
-def created_at(data: bytes) -> Optional[int]:
-    """When the query of an entry this host wrote (L1) started, read without decoding its rows:
-    a re-check compares it with the L2 entry's metadata. CodecError for a defect."""
-    view = memoryview(data)
-    unpacker = msgpack.Unpacker()
-    unpacker.feed(view[_payload_start(view, None, b""):])
-    try:
-        if unpacker.read_array_header() != 4:
-            raise CodecError("cache entry payload has the wrong shape")
-        for _ in range(3):  # expiry, columns, rows
-            unpacker.skip()
-        created_at_ms = unpacker.unpack()
-    except CodecError:
-        raise
-    except Exception as exc:  # anything a malformed buffer can provoke means "corrupt"
-        raise CodecError(f"corrupt cache entry ({type(exc).__name__})") from exc
-    if created_at_ms is not None and type(created_at_ms) is not int:
-        raise CodecError("cache entry payload has the wrong shape")
-    return created_at_ms
-
-
 def decode_entry(data: bytes, secret: Optional[bytes] = None,
                  context: bytes = b"") -> Tuple[CachedResult, Optional[int]]:
     """Parse an entry into (result, expires_at_ms); any defect raises CodecError."""

@@ -18,6 +18,7 @@ Names are percent-encoded so that ``:`` inside a tag can never make one prefix m
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -40,6 +41,19 @@ def marker_target(info: KeyInfo) -> Optional[str]:
     metadata = info.metadata
     target = metadata.get("e") if isinstance(metadata, dict) else None
     return target if isinstance(target, str) else None
+
+
+def fingerprint(value: bytes) -> str:
+    """A short hash of an entry's bytes, kept in its metadata: a re-check tells this very entry
+    from another result under the same key (hosts' clocks can't order their creation times)
+    without reading the value."""
+    return hashlib.blake2b(value, digest_size=8).hexdigest()
+
+
+def fingerprint_of(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The fingerprint a listed or read entry's metadata carries; None if none."""
+    found = metadata.get("f") if isinstance(metadata, Mapping) else None
+    return found if isinstance(found, str) else None
 
 
 def created_ms(metadata: Optional[Mapping[str, Any]]) -> Optional[int]:
@@ -79,9 +93,11 @@ class KeyLayout:
                     expiration_ttl: int, created_ms: int) -> List[KVPair]:
         """The entry under its first name plus one marker per further name, expiring together
         (``expiration_ttl`` seconds after KV stores them).
-        Metadata ``c`` (when the query started) lets a sweep keep results computed after it."""
+        Metadata ``c`` (when the query started) lets a sweep keep results computed after it;
+        ``f`` (:func:`fingerprint`) lets a re-check confirm the entry it holds."""
         key = self.entry_key(digest, names)
-        pairs = [KVPair(key, value, expiration_ttl=expiration_ttl, metadata={"c": created_ms})]
+        pairs = [KVPair(key, value, expiration_ttl=expiration_ttl,
+                        metadata={"c": created_ms, "f": fingerprint(value)})]
         pairs.extend(KVPair(self.name_prefix(name) + digest, MARKER_VALUE,
                             expiration_ttl=expiration_ttl, metadata={"e": key, "c": created_ms})
                      for name in _indexed(names)[1:])
