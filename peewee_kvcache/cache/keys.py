@@ -8,12 +8,12 @@ from typing import Any, Iterable, Sequence, Tuple
 from ..core.names import stamp_names, table_names_of, tag_digest_part, tag_list
 
 
-def key_hash(*parts: bytes) -> "hashlib._Hash":
+def key_hash(*parts: bytes) -> "hashlib.blake2b":
     """Key hash state fed ``parts`` (see :func:`feed`)."""
     return feed(hashlib.blake2b(digest_size=20), *parts)
 
 
-def feed(h: "hashlib._Hash", *parts: bytes) -> "hashlib._Hash":
+def feed(h: "hashlib.blake2b", *parts: bytes) -> "hashlib.blake2b":
     """Add length-prefixed ``parts``, so no two part lists hash the same bytes."""
     for part in parts:
         h.update(len(part).to_bytes(8, "big"))

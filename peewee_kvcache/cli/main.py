@@ -28,7 +28,8 @@ from playhouse.db_url import parse
 
 from . import console
 from ..cache.facade import CloudflareKVCache, default_directory
-from ..orm.database import CachedMySQLDatabase, CachedPostgresqlDatabase, CachedSqliteDatabase
+from ..orm.database import (CachedDatabase, CachedMySQLDatabase, CachedPostgresqlDatabase,
+                            CachedSqliteDatabase)
 from .demo import STEP_COUNT, Demo, Step
 from ..kv.base import KVError, KVNamespace
 from ..kv.cloudflare import CloudflareKVNamespace
@@ -330,7 +331,7 @@ def index_rebuild(args: argparse.Namespace) -> int:
 # --- demo -------------------------------------------------------------------------------------
 
 def _open_database(url: Optional[str], cache: CloudflareKVCache, tmp: str
-                   ) -> Tuple[peewee.Database, str]:
+                   ) -> Tuple[CachedDatabase, str]:
     """The database of ``demo`` or ``explain``, connected, and how to show it: a temporary
     SQLite file, or ``url``
     parsed by ``playhouse.db_url`` (its password never shown)."""

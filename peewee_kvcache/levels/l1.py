@@ -289,7 +289,7 @@ class L1Store:
         if snapshot[0] == seq:
             known = [snapshot[1].get(name) for name in names]
             if None not in known:
-                return tuple(known)  # type: ignore[arg-type]
+                return tuple(token for token in known if token is not None)  # all are
 
         def read() -> Dict[str, Any]:
             found: Dict[str, Any] = {}

@@ -21,7 +21,7 @@ import functools
 import threading
 import weakref
 from dataclasses import replace
-from typing import Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple
 
 import peewee
 from playhouse.pool import PooledDatabase, PooledPostgresqlDatabase
@@ -55,12 +55,20 @@ def _close_elsewhere(cache: CloudflareKVCache) -> None:
         pass
 
 
-class CachedDatabase:
+if TYPE_CHECKING:  # a mixin: type-checked as the Peewee database it is mixed into
+    _Database = peewee.Database
+else:
+    _Database = object
+
+
+class CachedDatabase(_Database):
     """Mix into any Peewee database: ``class MyDB(CachedDatabase, peewee.PostgresqlDatabase)``.
 
     ``cache`` is a :class:`CloudflareKVCache`; ``None`` builds the default one (L1 and a local KV
     namespace in the per-user cache directory), which the database closes when it is collected.
     """
+
+    _state: Any  # Peewee's connection state (per thread, or shared with thread_safe=False)
 
     def __init__(self, database: Any, *args: Any, cache: Optional[CloudflareKVCache] = None,
                  **kwargs: Any):
@@ -72,20 +80,20 @@ class CachedDatabase:
             weakref.finalize(self, _close_elsewhere, cache).atexit = False
         self.cache = cache
         cache.on_invalidate(self._kv_defer_to_commit)
-        self._kv_dialect = dialect_of(self)  # type: ignore[arg-type]
+        self._kv_dialect = dialect_of(self)
         self._kv_texts = memo.texts(self._kv_dialect)
-        super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(database, *args, **kwargs)
 
     def init(self, database: Any, *args: Any, **kwargs: Any) -> None:
-        super().init(database, *args, **kwargs)  # type: ignore[misc]
-        keys = Keys(self._kv_dialect, database, self.connect_params)  # type: ignore[attr-defined]
+        super().init(database, *args, **kwargs)
+        keys = Keys(self._kv_dialect, database, self.connect_params)
         self._kv_sessions = Sessions(keys.identity, per_connection=keys.memory == "private",
                                      pooled=isinstance(self, PooledDatabase))
 
     def execute(self, query: Any, *args: Any, **context_options: Any) -> Any:
         token = _EXECUTING.set((self, query, options_for(query, self.cache.strategy)))
         try:
-            return super().execute(query, *args, **context_options)  # type: ignore[misc]
+            return super().execute(query, *args, **context_options)
         finally:
             _EXECUTING.reset(token)
 
@@ -108,13 +116,13 @@ class CachedDatabase:
         elif info.kind == "select" and (executing is None
                                         or not isinstance(executing[1], peewee.SelectBase)):
             statements.raw_read(self.cache)  # execute_sql() or Model.raw(): never cached
-        send = functools.partial(super().execute_sql, sql, params, *args,  # type: ignore[misc]
+        send = functools.partial(super().execute_sql, sql, params, *args,
                                  **kwargs)
         if info.control or info.session:
             return statements.stateful(self.cache, self._kv_sessions, self._kv_session(True), sql,
                                        params, info, send, self._kv_broadcast)
         if info.written_tables or info.writes_unknown:
-            return statements.write(self.cache, Sessions.bound(self._state),  # type: ignore
+            return statements.write(self.cache, Sessions.bound(self._state),
                                     info, send, self._kv_broadcast)
         return send()
 
@@ -131,32 +139,32 @@ class CachedDatabase:
 
     def _run(self, sql: str, params: Any, *args: Any, **kwargs: Any) -> Any:
         """Send a statement already known to be a read, without analysing it again."""
-        return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        return super().execute_sql(sql, params, *args, **kwargs)
 
     def begin(self, *args: Any, **kwargs: Any) -> Any:
         baseline, began_ms = self.cache.seq(), now_ms()  # before BEGIN: no snapshot is older
-        result = super().begin(*args, **kwargs)  # type: ignore[misc]
+        result = super().begin(*args, **kwargs)
         self._kv_session(True).begin(baseline, began_ms)
         return result
 
     def commit(self, *args: Any, **kwargs: Any) -> Any:
-        send = functools.partial(super().commit, *args, **kwargs)  # type: ignore[misc]
-        return statements.commit(self.cache, Sessions.bound(self._state),  # type: ignore
+        send = functools.partial(super().commit, *args, **kwargs)
+        return statements.commit(self.cache, Sessions.bound(self._state),
                                  send, self._kv_broadcast)
 
     def rollback(self, *args: Any, **kwargs: Any) -> Any:
-        statements.end(Sessions.bound(self._state))  # type: ignore[attr-defined]
-        return super().rollback(*args, **kwargs)  # type: ignore[misc]  # nothing was stored
+        statements.end(Sessions.bound(self._state))
+        return super().rollback(*args, **kwargs)  # nothing was stored
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
-        session = Sessions.bound(self._state)  # type: ignore[attr-defined]
-        closed = super().close(*args, **kwargs)  # type: ignore[misc]
-        Sessions.closed(self._state, session)  # type: ignore[attr-defined]
+        session = Sessions.bound(self._state)
+        closed = super().close(*args, **kwargs)
+        Sessions.closed(self._state, session)
         return closed
 
     def _kv_session(self, connect: bool = False) -> Session:
         """The current connection's session (see :meth:`Sessions.current`)."""
-        return self._kv_sessions.current(self._state, self.connection,  # type: ignore
+        return self._kv_sessions.current(self._state, self.connection,
                                          connect)
 
     def _kv_open_transaction(self) -> Optional[Transaction]:

@@ -103,7 +103,7 @@ def result_key(identity: bytes, memo: Dict[str, Any], sql: str, params: Any,
                 tag_digest_part(options.tags, options.auto_invalidate)).hexdigest()
 
 
-def _sql_hash(identity: bytes, memo: Dict[str, Any], sql: str) -> "hashlib._Hash":
+def _sql_hash(identity: bytes, memo: Dict[str, Any], sql: str) -> "hashlib.blake2b":
     """A hash already fed ``identity`` and ``sql``: a hit only hashes its params."""
     cached = memo.get(sql)
     if cached is None:

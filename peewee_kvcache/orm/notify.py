@@ -28,7 +28,8 @@ import logging
 import select
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import peewee
 
@@ -192,10 +193,21 @@ class Listener:
             self._on_names(data["n"])
 
 
-class PostgresNotifications:
+if TYPE_CHECKING:  # mixins: type-checked as the database they are mixed into
+    from ..cache.facade import CloudflareKVCache
+    _PostgresqlDatabase = peewee.PostgresqlDatabase
+else:
+    _PostgresqlDatabase = object
+
+
+class PostgresNotifications(_PostgresqlDatabase):
     """Cross-host L1 eviction for PostgreSQL: ``pg_notify`` inside the writing transaction and a
     LISTEN thread per database object. ``notify=False`` turns both off. Mix in before
     :class:`~.database.CachedDatabase`."""
+
+    cache: "CloudflareKVCache"  # these three are CachedDatabase's
+    _state: Any
+    _run: Callable[..., Any]
 
     def __init__(self, database: Any, *args: Any, notify: bool = True, **kwargs: Any):
         if not isinstance(notify, bool):
@@ -207,7 +219,7 @@ class PostgresNotifications:
         #: sets of names are written again and again
         self._kv_notifications: Dict[Tuple[str, ...], Tuple[str, str]] = {}
         forksafe.renew_locks(self, "_kv_listener_lock")
-        super().__init__(database, *args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(database, *args, **kwargs)
 
     def _kv_broadcast(self, names: Sequence[str], send: Send, where: str) -> Send:
         """``send`` made to notify other hosts of ``names`` exactly when its statement's
@@ -217,7 +229,7 @@ class PostgresNotifications:
         key = tuple(names)
         notification = self._kv_notifications.get(key)
         if notification is None:
-            cache = self.cache  # type: ignore[attr-defined]
+            cache = self.cache
             notification = (cache.channel, payload(cache.origin, names, EVERYTHING))
             if len(self._kv_notifications) >= _MEMO_MAX:
                 self._kv_notifications.clear()
@@ -249,7 +261,7 @@ class PostgresNotifications:
 
     def _kv_notify_now(self, notification: Tuple[str, str]) -> None:
         try:
-            self._run("SELECT pg_notify(%s, %s)", notification)  # type: ignore[attr-defined]
+            self._run("SELECT pg_notify(%s, %s)", notification)
         except peewee.PeeweeException as exc:  # l1_max_age still bounds other hosts' staleness
             log.warning("peewee_kvcache: NOTIFY failed (%s: %s)", type(exc).__name__, exc)
 
@@ -269,9 +281,9 @@ class PostgresNotifications:
         with self._kv_listener_lock:
             if self._kv_listener is None:
                 import psycopg2
-                params = dict(self.connect_params)  # type: ignore[attr-defined]
-                database = self.database  # type: ignore[attr-defined]
-                cache = self.cache  # type: ignore[attr-defined]
+                params = dict(self.connect_params)
+                database = self.database
+                cache = self.cache
                 self._kv_listener = Listener(lambda: psycopg2.connect(dbname=database, **params),
                                              cache.channel, cache.origin, cache.evict_local)
                 weakref.finalize(self, self._kv_listener.request_stop)  # its connection too
@@ -283,32 +295,34 @@ class PostgresNotifications:
             self._kv_listener.stop()
 
 
-class NotifyInline:
+class NotifyInline(_PostgresqlDatabase):
     """Puts the notification :class:`PostgresNotifications` carries into the statement the
     database sends next, in the same round trip. Mix in below
     :class:`~.database.CachedDatabase`, right above Peewee's PostgreSQL class."""
 
+    _state: Any  # Peewee's connection state
+
     def execute_sql(self, sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
         carried = _CARRIED.get()
         if carried is None or carried[0] is not self:
-            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            return super().execute_sql(sql, params, *args, **kwargs)
         _CARRIED.set(None)  # one statement carries it
-        conn = None if self.is_closed() else self._state.conn  # type: ignore[attr-defined]
+        conn = None if self.is_closed() else self._state.conn
         status = _TXN_IDLE if conn is None else conn.get_transaction_status()
         if status == _TXN_INERROR:
             # an aborted transaction: nothing this statement does can commit, nothing to tell
-            return super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+            return super().execute_sql(sql, params, *args, **kwargs)
         try:
-            return super().execute_sql(*inline(sql, params, *carried[1:]),  # type: ignore[misc]
+            return super().execute_sql(*inline(sql, params, *carried[1:]),
                                        *args, **kwargs)
         except peewee.DatabaseError as exc:
-            after = self._state.conn.get_transaction_status()  # type: ignore[attr-defined]
+            after = self._state.conn.get_transaction_status()
             if not (status == after == _TXN_IDLE and _refused(exc)):
                 raise
             refusal = exc
         # No transaction was open, and the one this text ran in rolled back: the statement had
         # no effect. Send it alone (should it fail again, its own error is the one to raise).
-        cursor = super().execute_sql(sql, params, *args, **kwargs)  # type: ignore[misc]
+        cursor = super().execute_sql(sql, params, *args, **kwargs)
         log.warning("peewee_kvcache: NOTIFY failed (%s: %s); the statement was sent without it",
                     type(refusal).__name__, refusal)
         return cursor
@@ -317,7 +331,7 @@ class NotifyInline:
         """COMMIT through :meth:`execute_sql` when it carries a notification (Peewee's own
         sends a bare COMMIT on a cursor)."""
         carried = _CARRIED.get()
-        if carried is None or carried[0] is not self or self.is_closed():  # type: ignore
-            return super().commit(*args, **kwargs)  # type: ignore[misc]
+        if carried is None or carried[0] is not self or self.is_closed():
+            return super().commit(*args, **kwargs)
         NotifyInline.execute_sql(self, "COMMIT")
         return None
