@@ -393,11 +393,9 @@ def test_a_kv_write_that_times_out_and_lands_late_is_swept_again(server, kv_cach
         assert names() == ["new"]
 
 
-@pytest.mark.parametrize("reader", ["running", "started-later"])
-def test_kill_9_between_commit_and_bump_no_process_on_the_host_serves_the_old_row(
-        reader, server, kv_cache, make_db, tmp_path):
-    """The dead writer's L1 bump never happens and its outbox job waits out a 30 s lease: the
-    unbumped flag it left makes this host's processes bump in its place at once."""
+def old_row_cached(reader: str, kv_cache, make_db):
+    """A row "old" cached in L1 (and memory) by a cache that stays open for the "running"
+    reader, or is closed before the write for the one "started-later"; (cache, database)."""
     first = kv_cache("l1", **NO_RECHECK)
     db = make_db(first)
     Item.create(name="old")
@@ -405,6 +403,15 @@ def test_kill_9_between_commit_and_bump_no_process_on_the_host_serves_the_old_ro
     assert first.drain(10)
     if reader == "started-later":
         first.close()
+    return first, db
+
+
+@pytest.mark.parametrize("reader", ["running", "started-later"])
+def test_kill_9_between_commit_and_bump_no_process_on_the_host_serves_the_old_row(
+        reader, server, kv_cache, make_db, tmp_path):
+    """The dead writer's L1 bump never happens and its outbox job waits out a 30 s lease: the
+    unbumped flag it left makes this host's processes bump in its place at once."""
+    first, db = old_row_cached(reader, kv_cache, make_db)
     proc = spawn(dict(action="write", server=server_info(server), l1=str(tmp_path / "l1"),
                       db=str(tmp_path / "app.db"), new="new", die_before_bump=True,
                       outbox_lease=30))
@@ -429,13 +436,7 @@ def test_kill_9_between_a_writes_completion_and_its_owed_bump_no_process_serves_
     """The write returned, its bump owed to the writer thread (L1Store.bump_later), and the
     process dies before making it: the flags it left keep this host's processes from serving
     the old row, and the first to meet them bumps in its place."""
-    first = kv_cache("l1", **NO_RECHECK)
-    db = make_db(first)
-    Item.create(name="old")
-    assert names() == ["old"]                            # in L1 (and process memory)
-    assert first.drain(10)
-    if reader == "started-later":
-        first.close()
+    first, db = old_row_cached(reader, kv_cache, make_db)
     proc = spawn(dict(action="write", server=server_info(server), l1=str(tmp_path / "l1"),
                       db=str(tmp_path / "app.db"), new="new", die_before_settle=True,
                       outbox_lease=30))

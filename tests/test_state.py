@@ -4,40 +4,29 @@ owes is made by the writer thread, the next invalidation, or a read of those nam
 of writes in quick succession sent together."""
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import diskcache
 import msgpack
 import pytest
 
-from peewee_kvcache import LocalKVNamespace
 from peewee_kvcache.core.config import now_ms
-from peewee_kvcache.core.faults import report
-from peewee_kvcache.core.stats import Counters
 from peewee_kvcache.invalidation.outbox import Job, Outbox
 from peewee_kvcache.invalidation.sweeper import Sweeper
 from peewee_kvcache.l2.gateway import L2Gateway
 from peewee_kvcache.levels.l1 import L1_FAULTS, CorruptL1, L1Store
 from peewee_kvcache.levels.state import StateClosed, StateFile
+from tests.test_sweeper import parts as sweeper_parts  # noqa: F401 (a fixture)
 
 Parts = Tuple[Sweeper, L1Store, Outbox, L2Gateway]
 
 
 @pytest.fixture
-def parts(tmp_path) -> Iterator[Parts]:
-    counters = Counters()
-    fault = functools.partial(report, counters)
-    namespace = LocalKVNamespace(tmp_path / "kv")
-    l1, outbox = L1Store(str(tmp_path / "l1")), Outbox(str(tmp_path / "l1"))
-    l2 = L2Gateway(namespace, "pkv:", fail_max=100, reset_timeout=5.0, counters=counters,
-                   fault=fault)
-    yield Sweeper(outbox, l1, l2, resweep_after_ms=0, clock_skew_ms=0, fault=fault), l1, outbox, l2
-    outbox.close()
-    l1.close()
-    namespace.close()
+def parts(sweeper_parts) -> Parts:  # noqa: F811 (the imported fixture, by name)
+    """test_sweeper.py's sweeper, L1, outbox and gateway on one L1 directory."""
+    return sweeper_parts[:4]
 
 
 def traced(state: StateFile) -> List[str]:
