@@ -32,7 +32,7 @@ def parts(sweeper_parts) -> Parts:  # noqa: F811 (the imported fixture, by name)
 def traced(state: StateFile) -> List[str]:
     """Every statement this thread's connection to ``state`` runs from now on."""
     seen: List[str] = []
-    state._handle().conn.set_trace_callback(seen.append)
+    state._connections.get().conn.set_trace_callback(seen.append)
     return seen
 
 

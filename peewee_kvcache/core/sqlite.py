@@ -14,7 +14,9 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
+
+from . import forksafe
 
 #: first pause between attempts (doubled each time, up to the second)
 FIRST_PAUSE_S = 0.001
@@ -62,3 +64,60 @@ class ThreadConnection:
         finally:
             self.lock.release()
         return True
+
+
+H = TypeVar("H", bound=ThreadConnection)
+
+
+class ThreadConnections(Generic[H]):
+    """One connection per thread to the SQLite file ``path``, opened on first use by
+    ``connect`` (which applies the file's pragmas) and wrapped by ``wrap``; ``closed_error``
+    makes the exception a use after :meth:`close` raises. (A thread that ended left its
+    connection idle: a new thread given the same ident takes it over.)"""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection],
+                 wrap: Callable[[sqlite3.Connection], H],
+                 closed_error: Callable[[], Exception]) -> None:
+        self._connect = connect
+        self._wrap = wrap
+        self.closed_error = closed_error
+        self.closed = False
+        self._lock = threading.Lock()
+        self._handles: Dict[int, H] = {}
+        self._inherited: List[H] = []
+        forksafe.renew_locks(self, "_lock")
+        forksafe.after_fork_in_child(self._after_fork)
+
+    def _after_fork(self) -> None:
+        """SQLite handles must not cross fork(), and closing them in the child could checkpoint
+        or remove the parent's WAL: they are kept unreferenced-but-alive instead."""
+        self._inherited.extend(self._handles.values())
+        self._handles = {}
+
+    def get(self) -> H:
+        """This thread's connection."""
+        ident = threading.get_ident()
+        handle = self._handles.get(ident)
+        if handle is not None:
+            return handle
+        if self.closed:
+            raise self.closed_error()
+        conn = self._connect()
+        try:
+            with self._lock:
+                if self.closed:
+                    raise self.closed_error()
+                handle = self._handles[ident] = self._wrap(conn)
+        except BaseException:
+            conn.close()  # nobody else ever saw it
+            raise
+        return handle
+
+    def close(self) -> None:
+        """Close every connection: idle ones now, busy ones by their threads when their
+        statement ends (they check :attr:`closed`). Later uses raise ``closed_error()``."""
+        with self._lock:
+            self.closed = True
+            handles, self._handles = list(self._handles.values()), {}
+        for handle in handles:
+            handle.close_if_idle()

@@ -12,13 +12,11 @@ import binascii
 import json
 import os
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..core import forksafe
-from ..core.sqlite import ThreadConnection, use_wal
+from ..core.sqlite import ThreadConnection, ThreadConnections, use_wal
 from . import codes, limits
 from .base import KVError, KVNamespace, KeyInfo, KVPair, ListPage, ValueWithMetadata, chunked
 
@@ -75,11 +73,8 @@ class LocalKVNamespace(KVNamespace):
         os.makedirs(self.directory, exist_ok=True)
         self._path = os.path.join(self.directory, "kv.sqlite3")
         self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        self._handles: Dict[int, ThreadConnection] = {}
-        self._inherited: List[ThreadConnection] = []
-        self._closed = False
-        forksafe.after_fork_in_child(self._after_fork)
+        self._connections = ThreadConnections(self._connect, ThreadConnection,
+                                              lambda: KVError(f"{self!r} is closed"))
         with self._write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -87,47 +82,28 @@ class LocalKVNamespace(KVNamespace):
     def __repr__(self) -> str:
         return f"LocalKVNamespace({self.directory!r})"
 
-    def _after_fork(self) -> None:
-        """SQLite handles must not cross fork(), and closing them in the child could checkpoint
-        or remove the parent's WAL: they are kept unreferenced-but-alive instead."""
-        self._lock = threading.Lock()
-        self._inherited.extend(self._handles.values())
-        self._handles = {}
-
-    def _handle(self) -> ThreadConnection:
-        """This thread's connection, opened on first use. (A thread that ended left its
-        connection idle: a new thread given the same ident takes it over.)"""
-        ident = threading.get_ident()
-        handle = self._handles.get(ident)
-        if handle is not None:
-            return handle
-        if self._closed:
-            raise KVError(f"{self!r} is closed")
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None,
                                check_same_thread=False)
         try:
             use_wal(conn, self._busy_timeout)  # a new file opened by several processes at once
             conn.execute("PRAGMA synchronous=NORMAL")
-            with self._lock:
-                if self._closed:
-                    raise KVError(f"{self!r} is closed")
-                handle = self._handles[ident] = ThreadConnection(conn)
         except BaseException:
-            conn.close()  # nobody else ever saw it
+            conn.close()
             raise
-        return handle
+        return conn
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, held against :meth:`close` for the block."""
-        handle = self._handle()
+        handle = self._connections.get()
         try:
             with handle.lock:
                 if handle.closed:  # close() took it between the lookup and the lock
                     raise KVError(f"{self!r} is closed")
                 yield handle.conn
         finally:
-            if self._closed:  # close() may have found it busy and left it to this thread
+            if self._connections.closed:  # close() may have found it busy: left to this thread
                 handle.close_if_idle()
 
     @contextmanager
@@ -235,8 +211,4 @@ class LocalKVNamespace(KVNamespace):
     def close(self) -> None:
         """Close this process's connections: idle ones now, busy ones by their threads when
         their statement ends. Later calls raise KVError."""
-        with self._lock:
-            self._closed = True
-            handles, self._handles = list(self._handles.values()), {}
-        for handle in handles:
-            handle.close_if_idle()
+        self._connections.close()

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from ..core import forksafe
-from ..core.sqlite import ThreadConnection, use_wal
+from ..core.sqlite import ThreadConnection, ThreadConnections, use_wal
 
 FILE_NAME = "state.sqlite3"
 
@@ -120,16 +120,13 @@ class StateFile:
     def __init__(self, path: str, timeout: float):
         self.path = path
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._handles: Dict[int, _Handle] = {}
-        self._inherited: List[_Handle] = []
+        self._connections = ThreadConnections(
+            self._connect, _Handle, lambda: StateClosed(f"L1 state {path!r} is closed"))
         self._users = 0
-        self._closed = False
         #: this process's writers queue here, not on SQLite's busy handler (which sleeps 1 ms
         #: and more between tries); other processes' writers still meet the busy handler
         self._writing = threading.Lock()
-        forksafe.renew_locks(self, "_lock", "_writing")
-        forksafe.after_fork_in_child(self._after_fork)
+        forksafe.renew_locks(self, "_writing")
         with self.write() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -157,26 +154,10 @@ class StateFile:
                 return
             if _registry.files.get(self.path) is self:
                 del _registry.files[self.path]
-        with self._lock:
-            self._closed = True
-            handles, self._handles = list(self._handles.values()), {}
-        for handle in handles:
-            handle.close_if_idle()
-
-    def _after_fork(self) -> None:
-        """SQLite handles must not cross fork(), and closing them in the child could checkpoint
-        or remove the parent's WAL: they are kept unreferenced-but-alive instead."""
-        self._inherited.extend(self._handles.values())
-        self._handles = {}
+        self._connections.close()
 
     # -- connections ------------------------------------------------------------------------
-    def _handle(self) -> _Handle:
-        ident = threading.get_ident()
-        handle = self._handles.get(ident)
-        if handle is not None:
-            return handle
-        if self._closed:
-            raise StateClosed(f"L1 state {self.path!r} is closed")
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -184,20 +165,18 @@ class StateFile:
             conn.execute("PRAGMA page_size = 1024")
             use_wal(conn, self._timeout)  # (processes may create the file together)
             conn.execute("PRAGMA synchronous=NORMAL")
-            with self._lock:
-                handle = self._handles[ident] = _Handle(conn)
         except BaseException:
-            conn.close()  # nobody else ever saw it
+            conn.close()
             raise
-        return handle
+        return conn
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
-        handle = self._handle()
+        handle = self._connections.get()
         with handle.lock:
             if handle.closed:  # release() took it between the lookup and the lock
                 raise StateClosed(f"L1 state {self.path!r} is closed")
             rows = handle.conn.execute(sql, params).fetchall()
-        if self._closed and handle.depth == 0:  # release() found it busy: closed by its thread
+        if self._connections.closed and handle.depth == 0:  # release() found it busy
             handle.close_if_idle()
         return rows
 
@@ -209,14 +188,14 @@ class StateFile:
     def after_rollback(self, action: Callable[[], None]) -> None:
         """Inside :meth:`write`: run ``action`` should the outermost transaction roll back
         (or fail to commit)."""
-        handle = self._handle()
+        handle = self._connections.get()
         if handle.depth:
             handle.after_rollback.append(action)
 
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run ``action`` once this thread's outermost :meth:`write` committed (at once
         outside one)."""
-        handle = self._handle()
+        handle = self._connections.get()
         if handle.depth:
             handle.after_commit.append(action)
         else:
@@ -234,7 +213,7 @@ class _Write:
 
     def __enter__(self) -> sqlite3.Connection:
         state = self._state
-        handle = self._handle = state._handle()
+        handle = self._handle = state._connections.get()
         handle.lock.acquire()
         try:
             if handle.closed:  # release() took it between the lookup and the lock
@@ -275,7 +254,7 @@ class _Write:
         finally:
             state._writing.release()
             handle.lock.release()
-            if state._closed:  # release() found it busy: closed by its thread
+            if state._connections.closed:  # release() found it busy: closed by its thread
                 handle.close_if_idle()
         for action in after:
             action()
