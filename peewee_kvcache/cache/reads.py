@@ -105,13 +105,12 @@ class Reader:
         decoded = self._decode_l2(digest, raw, now, names) if raw is not None else None
         levels["l2"] = {"holds": raw is not None, "valid": decoded is not None,
                         "expires_in_s": (decoded[1] - now) / 1000 if decoded else None}
-        served_by = next((level for level in ("memory", "l1") if levels[level]["serves"]), None)
-        if served_by is None:
-            asks = self.costs.would_ask(shape)
-            served_by = "l2" if asks and decoded is not None else "database"
-        return {"levels": levels, "served_by": served_by, "l2_asked_on_miss":
-                self.costs.would_ask(shape), "costs": self.costs.estimate(shape)
-                if shape is not None else None, "l2_ms": self.costs.l2_ms}
+        asks = self.costs.would_ask(shape)
+        served_by = next((level for level in ("memory", "l1") if levels[level]["serves"]),
+                         "l2" if asks and decoded is not None else "database")
+        return {"levels": levels, "served_by": served_by, "l2_asked_on_miss": asks,
+                "costs": self.costs.estimate(shape) if shape is not None else None,
+                "l2_ms": self.costs.l2_ms}
 
     def _describe(self, entry: Optional[Entry[Any]], now: int) -> Dict[str, Any]:
         """One level's entry: held, valid (unexpired, stamp current), checked how long ago, and

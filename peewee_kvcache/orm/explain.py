@@ -6,7 +6,7 @@ stampedes; this answers the question a log line can't: "why did this query hit t
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import peewee
@@ -114,18 +114,12 @@ def explain(database: Any, query: Any, probe: Probe, params: Sequence[Any] = (),
         key = result_key(session.identity, session.hashes, sql, params,
                          options or CacheOptions())
     except UnsupportedValue as exc:
-        return _with(explained, reason=explained.reason or str(exc), cacheable=False)
+        return replace(explained, reason=explained.reason or str(exc), cacheable=False)
     held = probe(key, names, info.shape or sql)
     served_by = held["served_by"] if not why_not else "database"
-    return _with(explained, key=key, levels=held["levels"], served_by=served_by,
+    return replace(explained, key=key, levels=held["levels"], served_by=served_by,
                  l2_asked_on_miss=held["l2_asked_on_miss"] if not why_not else None,
                  costs=held["costs"], l2_ms=held["l2_ms"])
-
-
-def _with(explained: Explanation, **changes: Any) -> Explanation:
-    values = explained.as_dict()
-    values.update(changes)
-    return Explanation(**values)
 
 
 def _not_selected(query: Any, strategy: str) -> str:
