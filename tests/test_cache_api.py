@@ -619,7 +619,7 @@ def test_default_cache_lives_in_the_per_user_cache_dir(tmp_path, monkeypatch):
 
 
 def test_pooled_postgresql_end_to_end(make_cache, pg_schema):
-    cache = make_cache()
+    cache = make_cache(l2_reads="always")  # its last read checks L2's answer, not its cost
     db = CachedPooledPostgresqlDatabase("test", cache=cache, max_connections=4,
                                         options=f"-c search_path={pg_schema}", **PG)
     db.bind([User], bind_refs=False, bind_backrefs=False)
