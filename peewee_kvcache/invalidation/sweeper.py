@@ -316,14 +316,7 @@ class Sweeper:
                 self._memory_jobs.append((due_ms, job))
 
     def _sweep(self, boundaries: Dict[str, int]) -> bool:
-        """Delete each name's L2 keys of results computed up to its boundary (unix ms); True
-        on success."""
-        keys: List[str] = []
-        for name, before_ms in boundaries.items():
-            ok, stale = self._l2.call("L2 invalidation listing failed",
-                                      self._l2.keyspace.stale_keys,
-                                      name, before_ms + self._clock_skew_ms)
-            if not ok:
-                return False
-            keys.extend(stale or ())
-        return not keys or self._l2.delete(sorted(set(keys)))
+        """Delete each name's L2 keys of results computed up to its boundary (unix ms, plus
+        the clock skew allowed between hosts) in one namespace sweep; True on success."""
+        return self._l2.sweep({name: before_ms + self._clock_skew_ms
+                               for name, before_ms in boundaries.items()})

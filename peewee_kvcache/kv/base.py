@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 from .budget import RequestBudget
+from .sweep import doomed_keys
 
 
 class KVError(Exception):
@@ -130,6 +131,17 @@ class KVNamespace(abc.ABC):
             if not page.cursor:
                 return
             cursor = page.cursor
+
+    def sweep(self, prefixes: Mapping[str, int], *, scope: str) -> List[str]:
+        """Invalidate: delete, under each prefix, the keys of results computed up to its
+        boundary (unix ms) and the entries their markers point at within ``scope`` (the rule of
+        :mod:`.sweep`); returns the keys that were NOT deleted. This default lists every prefix
+        and bulk-deletes what it condemns in one call; a backend that can do both server-side
+        (the KV gateway Worker) overrides it with one request."""
+        doomed: List[str] = []
+        for prefix, before_ms in prefixes.items():
+            doomed.extend(doomed_keys(self.list_all(prefix), before_ms, scope))
+        return self.bulk_delete(sorted(set(doomed))) if doomed else []
 
     def close(self) -> None:  # noqa: B027 - optional for backends: the default holds nothing
         """Release resources (connections, files); the default holds none."""

@@ -18,8 +18,8 @@ from . import limits
 from .base import (BudgetExhausted, KeyInfo, KVNamespace, KVPair, ListPage, ValueWithMetadata,
                    chunked)
 from .budget import RequestBudget
-from .transport import (RestTransport, Timeout, api_error, check_base_url, envelope, is_missing,
-                        parsing)
+from .transport import (BearerAuth, RestTransport, Timeout, api_error, check_base_url, envelope,
+                        is_missing, parsing)
 
 __all__ = ["CloudflareKVNamespace", "RequestBudget", "BudgetExhausted", "DEFAULT_BASE_URL"]
 
@@ -75,8 +75,8 @@ class CloudflareKVNamespace(KVNamespace):
         root = (f"{self.base_url}/accounts/{quote(account_id, safe='')}"
                 f"/storage/kv/namespaces/{quote(namespace_id, safe='')}")
         self._rest = RestTransport(
-            root, api_token, timeout=timeout, read_timeout=read_timeout, retries=retries,
-            read_retries=read_retries, backoff_factor=backoff_factor,
+            root, BearerAuth(api_token), timeout=timeout, read_timeout=read_timeout,
+            retries=retries, read_retries=read_retries, backoff_factor=backoff_factor,
             budget=RequestBudget() if budget is _DEFAULT_BUDGET else budget)
 
     @classmethod

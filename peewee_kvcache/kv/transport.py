@@ -2,8 +2,10 @@
 
 It owns the pooled sessions and their retry policies (urllib3's: connection/read errors, 429,
 5xx, ``Retry-After``), the request budget paid before sending, and the reading of Cloudflare's
-JSON envelopes into results or KVError. The API token lives only in the sessions' Authorization
-header: it is never stored elsewhere, logged, shown by ``repr`` or carried by an exception.
+JSON envelopes into results or KVError. How a request proves who sent it is pluggable (a
+``requests.auth.AuthBase``: :class:`BearerAuth` for Cloudflare's API token, an HMAC signer for the
+KV gateway Worker); the credential lives only there: it is never logged, shown by ``repr`` or
+carried by an exception.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 from urllib3.util import Retry
 
 from ..core import forksafe
@@ -59,12 +62,23 @@ def check_base_url(url: str) -> str:
     raise ValueError(f"base_url must be https:// (http:// only for a loopback host): {url!r}")
 
 
-def _check_api_token(api_token: Any) -> None:
-    """One header value; its type may be named, the value never is."""
-    if not isinstance(api_token, str):
-        raise TypeError(f"api_token must be a str, got {type(api_token).__name__}")
-    if not api_token or any(ch.isspace() or not ch.isprintable() for ch in api_token):
-        raise ValueError("api_token must be non-empty, without whitespace or control chars")
+class BearerAuth(AuthBase):
+    """Cloudflare's ``Authorization: Bearer <token>``; the token is held here only."""
+
+    def __init__(self, api_token: Any) -> None:
+        # one header value; its type may be named, the value never is
+        if not isinstance(api_token, str):
+            raise TypeError(f"api_token must be a str, got {type(api_token).__name__}")
+        if not api_token or any(ch.isspace() or not ch.isprintable() for ch in api_token):
+            raise ValueError("api_token must be non-empty, without whitespace or control chars")
+        self._header = f"Bearer {api_token}"
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<token>)"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
 
 
 def _check_timeout(name: str, value: Any) -> None:
@@ -81,25 +95,27 @@ def _check_timeout(name: str, value: Any) -> None:
                         f"{value!r}") from None
 
 
-def _pooled_session(authorization: str, retry: Retry) -> requests.Session:
-    """A session with its own connection pool; the token lives only in its header."""
+def _pooled_session(auth: AuthBase, retry: Retry) -> requests.Session:
+    """A session with its own connection pool, authenticating each request with ``auth``."""
     session = requests.Session()
-    session.headers["Authorization"] = authorization
+    session.auth = auth
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
 
 
-def _new_session(api_token: str, retries: int, backoff_factor: float,
+def _new_session(auth: AuthBase, retries: int, backoff_factor: float,
                  resend: bool = True) -> requests.Session:
-    """``resend=False``: no retry after a request may have reached KV (read errors, 5xx)."""
+    """``resend=False``: no retry after a request may have reached KV (read errors, 5xx); only
+    a refused connection or a 429 is sent again (urllib3 resends the same bytes: a signed
+    request keeps its nonce, which the server then has not seen, or refused unprocessed)."""
     no_resend: Dict[str, Any] = {} if resend else {"read": 0, "other": 0}
     retry = _Retry(total=retries, backoff_factor=backoff_factor,
                    status_forcelist=_RETRY_STATUSES if resend else frozenset([429]),
                    allowed_methods=None, respect_retry_after_header=True,
                    raise_on_status=False, **no_resend)
-    return _pooled_session(f"Bearer {api_token}", retry)
+    return _pooled_session(auth, retry)
 
 
 def _errors(response: requests.Response) -> List[Any]:
@@ -153,10 +169,9 @@ class RestTransport:
     timeout, few retries: it bounds what a failing KV adds to a query), ``write`` (never resends
     what may have reached KV) and the patient default for everything else."""
 
-    def __init__(self, root: str, api_token: str, *, timeout: Timeout, read_timeout: Timeout,
+    def __init__(self, root: str, auth: AuthBase, *, timeout: Timeout, read_timeout: Timeout,
                  retries: int, read_retries: int, backoff_factor: float,
                  budget: Optional[RequestBudget]) -> None:
-        _check_api_token(api_token)
         _check_timeout("timeout", timeout)
         _check_timeout("read_timeout", read_timeout)
         check_number("retries", retries, integer=True, zero_ok=True)
@@ -168,12 +183,12 @@ class RestTransport:
         self.budget = budget
         self._timeout = timeout
         self._read_timeout = read_timeout
-        self._session = _new_session(api_token, retries, backoff_factor)
-        self._read_session = _new_session(api_token, read_retries, backoff_factor)
+        self._session = _new_session(auth, retries, backoff_factor)
+        self._read_session = _new_session(auth, read_retries, backoff_factor)
         # A write whose answer did not come may still land after a retry did, and after the
         # invalidation that should have removed it: writes are resent only when KV refused them
         # (429) or the connection never opened; any other failure is reported as unknown.
-        self._write_session = _new_session(api_token, retries, backoff_factor, resend=False)
+        self._write_session = _new_session(auth, retries, backoff_factor, resend=False)
         forksafe.after_fork_in_child(self._after_fork)
 
     def _after_fork(self) -> None:
@@ -184,7 +199,7 @@ class RestTransport:
         connections."""
         inherited = (self._session, self._read_session, self._write_session)
         self._session, self._read_session, self._write_session = (
-            _pooled_session(old.headers["Authorization"],
+            _pooled_session(cast(AuthBase, old.auth),
                             cast(HTTPAdapter, old.get_adapter("https://")).max_retries)
             for old in inherited)
         for old in inherited:

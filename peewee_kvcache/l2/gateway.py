@@ -124,6 +124,15 @@ class L2Gateway:
             self._partial("L2 bulk delete", left)
         return bool(ok) and not left
 
+    def sweep(self, boundaries: Mapping[str, int]) -> bool:
+        """Invalidate each name's L2 keys of results computed up to its boundary (unix ms), in
+        one namespace call; True when KV deleted them all. (The fault is named after the
+        listing, the part that fails first.)"""
+        ok, left = self.call("L2 invalidation listing failed", self.keyspace.sweep, boundaries)
+        if ok and left:
+            self._partial("L2 invalidation sweep", left)
+        return bool(ok) and not left
+
     def _partial(self, what: str, left: Sequence[str]) -> None:
         """Some keys of a bulk call KV did not take (the call itself went through)."""
         self._fault("l2_errors", f"{what} left {len(left)} keys",

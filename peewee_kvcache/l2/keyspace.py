@@ -6,7 +6,7 @@ and the operator's maintenance commands (which raise) both come here. Every KV f
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..kv.base import KeyInfo, KVNamespace, chunked
 from ..kv.limits import BULK_DELETE_MAX_ITEMS, LIST_MAX_LIMIT
@@ -48,6 +48,15 @@ class KeySpace:
         to ``before_ms``, and the entries those markers point at."""
         listed = self.namespace.list_all(self.layout.name_prefix(name))
         return self.layout.keys_to_delete(listed, before_ms)
+
+    def sweep(self, boundaries: Mapping[str, int]) -> List[str]:
+        """One invalidation sweep of several names, each up to its boundary (unix ms), through
+        the namespace's sweep (one request on the gateway Worker); the keys KV left behind."""
+        prefixes: Dict[str, int] = {}
+        for name, before_ms in boundaries.items():
+            prefix = self.layout.name_prefix(name)
+            prefixes[prefix] = max(before_ms, prefixes.get(prefix, before_ms))
+        return self.namespace.sweep(prefixes, scope=self.layout.prefix)
 
     def delete(self, keys: Sequence[str], progress: Progress = no_progress) -> List[str]:
         """Bulk-delete ``keys`` in KV-sized requests; returns the keys KV left behind."""

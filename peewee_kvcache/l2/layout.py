@@ -15,6 +15,8 @@ Layout under the cache's ``prefix``::
     {prefix}e:{hash}            an entry that depends on no table or tag (auto_invalidate=False)
 
 Names are percent-encoded so that ``:`` inside a tag can never make one prefix match another name.
+Which listed keys a sweep deletes is the kv layer's rule (:mod:`peewee_kvcache.kv.sweep`), shared
+with the KV gateway Worker that applies it server-side.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from urllib.parse import unquote
 
 from ..core.names import EVERYTHING, TABLE, TAG
 from ..kv.base import KeyInfo, KVPair
+from ..kv.sweep import created_ms as created_ms  # re-exported: the layout's readers use it
+from ..kv.sweep import doomed_keys, target_of
 
 ENTRY = "e:"
 KINDS = (ENTRY, TABLE, TAG)
@@ -38,9 +42,7 @@ def _indexed(names: Iterable[str]) -> List[str]:
 
 def marker_target(info: KeyInfo) -> Optional[str]:
     """The entry key a listed marker points at; None when the listed key is an entry itself."""
-    metadata = info.metadata
-    target = metadata.get("e") if isinstance(metadata, dict) else None
-    return target if isinstance(target, str) else None
+    return target_of(info.metadata)
 
 
 def fingerprint(value: bytes) -> str:
@@ -54,13 +56,6 @@ def fingerprint_of(metadata: Optional[Mapping[str, Any]]) -> Optional[str]:
     """The fingerprint a listed or read entry's metadata carries; None if none."""
     found = metadata.get("f") if isinstance(metadata, Mapping) else None
     return found if isinstance(found, str) else None
-
-
-def created_ms(metadata: Optional[Mapping[str, Any]]) -> Optional[int]:
-    """When the query of an entry or marker started (unix ms), from its metadata; None if
-    unknown."""
-    created = metadata.get("c") if isinstance(metadata, Mapping) else None
-    return created if isinstance(created, int) else None
 
 
 @dataclass(frozen=True)
@@ -105,17 +100,8 @@ class KeyLayout:
 
     def keys_to_delete(self, infos: Iterable[KeyInfo], before_ms: int) -> List[str]:
         """Listed keys of results computed up to ``before_ms`` (or of unknown age), plus the
-        entries their markers point at. Later results are fresh: a sweep leaves them alone."""
-        keys = []
-        for info in infos:
-            created = created_ms(info.metadata)
-            if created is not None and created > before_ms:
-                continue
-            keys.append(info.name)
-            target = marker_target(info)
-            if target is not None and target.startswith(self.prefix):
-                keys.append(target)
-        return keys
+        entries their markers point at (the kv layer's sweep rule, scoped to this prefix)."""
+        return doomed_keys(infos, before_ms, self.prefix)
 
     def count(self, infos: Iterable[KeyInfo]) -> KeyCounts:
         """Entries, index keys and markers among this prefix's listed keys, and the keys per
