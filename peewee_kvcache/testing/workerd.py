@@ -1,0 +1,135 @@
+"""The KV gateway Worker (``worker/``) running in workerd, through Miniflare, for tests.
+
+Tests run the real Worker in Cloudflare's open-source runtime, with KV's real semantics (expiry,
+metadata, list cursors), rather than a Python imitation of it. ``worker/test/serve.mjs`` starts
+it on a free loopback port; its options (secrets included) travel on its stdin, never on a
+command line, and it exits when its stdin closes, so even a killed test run leaves no workerd
+behind. Miniflare is an npm package: ``npm ci --prefix worker`` installs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import IO, Any, Dict, Optional
+
+from ..kv.worker import CloudflareWorkerKVNamespace
+
+WORKER_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "worker"
+INSTALL_HINT = "run `npm ci --prefix worker` (Node.js 20 or later) to install Miniflare"
+
+
+class WorkerdUnavailable(RuntimeError):
+    """Node.js or the Worker's npm packages are missing: the gateway cannot run here."""
+
+
+def missing_parts(worker_dir: pathlib.Path = WORKER_DIR) -> Optional[str]:
+    """Why the Worker cannot run here, or None when it can."""
+    if shutil.which("node") is None:
+        return f"node is not on PATH; {INSTALL_HINT}"
+    if not (worker_dir / "node_modules" / "miniflare").is_dir():
+        return f"{worker_dir / 'node_modules' / 'miniflare'} is missing; {INSTALL_HINT}"
+    return None
+
+
+class WorkerGateway:
+    """One workerd process serving the gateway Worker with an in-memory KV namespace.
+
+    ``bindings`` become the Worker's environment (``SECRET``, ``SECRET_PREVIOUS``, ``MAX_OPS``);
+    ``secret`` is what :meth:`namespace` signs with (default: the Worker's SECRET)."""
+
+    def __init__(self, bindings: Dict[str, str], *, secret: Optional[str] = None,
+                 worker_dir: pathlib.Path = WORKER_DIR, startup_timeout: float = 60.0) -> None:
+        self._bindings = dict(bindings)
+        self._secret = secret if secret is not None else self._bindings.get("SECRET", "")
+        self._worker_dir = worker_dir
+        self._startup_timeout = startup_timeout
+        self._process: Optional[subprocess.Popen] = None
+        self._stderr: Optional[IO[bytes]] = None
+        self.url = ""
+
+    def __repr__(self) -> str:
+        return f"WorkerGateway(url={self.url!r})"
+
+    def __enter__(self) -> "WorkerGateway":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        reason = missing_parts(self._worker_dir)
+        if reason:
+            raise WorkerdUnavailable(reason)
+        self._stderr = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            ["node", "test/serve.mjs"], cwd=self._worker_dir, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._stderr)
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps({"bindings": self._bindings}).encode() + b"\n")
+        self._process.stdin.flush()  # kept open: closing it stops the Worker
+        lines: "queue.Queue[bytes]" = queue.Queue()
+        threading.Thread(target=lambda out: lines.put(out.readline()),
+                         args=(self._process.stdout,), daemon=True).start()
+        try:
+            self.url = json.loads(lines.get(timeout=self._startup_timeout))["url"]
+        except (queue.Empty, ValueError, KeyError, TypeError):
+            self.stop()
+            raise WorkerdUnavailable(f"workerd did not start: {self._stderr_tail()}") from None
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")[-2000:]
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def namespace(self, **kwargs: Any) -> CloudflareWorkerKVNamespace:
+        """A client of this Worker; fast backoff and no budget unless a test asks otherwise."""
+        options: Dict[str, Any] = dict(budget=None, backoff_factor=0.01)
+        options.update(kwargs)
+        return CloudflareWorkerKVNamespace(self.url, self._secret, **options)
+
+    def clear(self) -> None:
+        """Delete every key (a fresh namespace for the next test, without a restart)."""
+        namespace = self.namespace()
+        try:
+            namespace.sweep({"": 2**53 - 1}, scope="")
+        finally:
+            namespace.close()
+
+
+def start_for_tests(bindings: Dict[str, str], **kwargs: Any) -> WorkerGateway:
+    """A started gateway; when it cannot run here, the test fails under CI (which must run
+    every test) and is skipped elsewhere, with the reason and how to install what is missing."""
+    import pytest
+
+    gateway = WorkerGateway(bindings, **kwargs)
+    try:
+        gateway.start()
+    except WorkerdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the KV gateway Worker cannot run: {exc}", pytrace=False)
+        pytest.skip(f"the KV gateway Worker cannot run: {exc}")
+    return gateway
