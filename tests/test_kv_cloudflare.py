@@ -1,6 +1,7 @@
 """CloudflareKVNamespace against the Cloudflare-compatible KVServer, over real HTTP.
 
-The contract tests run on both namespaces (embedded and REST client) to show they behave the same;
+The contract tests run on three namespaces (embedded, REST client, and the KV gateway Worker in
+workerd) to show they behave the same;
 the rest covers what only the REST client has: request counts, retries, timeouts, the request
 budget, credentials handling and token hygiene.
 """
@@ -21,8 +22,10 @@ from peewee_kvcache.kv.base import KVError, KVNamespace, KVOutcomeUnknown, KVPai
 from peewee_kvcache.kv.cloudflare import BudgetExhausted, CloudflareKVNamespace, RequestBudget
 from peewee_kvcache.kv.local import LocalKVNamespace
 from peewee_kvcache.testing import Fault, KVServer
+from peewee_kvcache.testing.workerd import WorkerGateway, start_for_tests
 
 TOKEN = "tok-3x4mpl3-S3CR3T-value"
+WORKER_SECRET = "contract-suite-gateway-secret-0123456789"
 ODD_KEYS = ["a/b", "q?x=1&y", "100%", "%2F", "#frag", "with space", "café é", "smile 🙂",
             "..x", "a/../b", "./", "+plus", "tab\tkey"]
 
@@ -58,10 +61,22 @@ def client(server) -> Iterator[CloudflareKVNamespace]:
     namespace.close()
 
 
-@pytest.fixture(params=["local", "cloudflare"])
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[WorkerGateway]:
+    """The gateway Worker in workerd (slow to start: one per module), emptied per test."""
+    worker = start_for_tests({"SECRET": WORKER_SECRET})
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(params=["local", "cloudflare", "worker"])
 def ns(request, tmp_path) -> Iterator[KVNamespace]:
     if request.param == "local":
         namespace: KVNamespace = LocalKVNamespace(tmp_path / "local")
+    elif request.param == "worker":
+        worker = request.getfixturevalue("gateway")
+        worker.clear()
+        namespace = worker.namespace()
     else:
         namespace = connect(request.getfixturevalue("server"))
     yield namespace
