@@ -224,6 +224,24 @@ def test_keys_with_reserved_characters(ns):
     assert list(ns.list_all()) == []
 
 
+def test_sweep_deletes_what_the_rule_condemns(ns):
+    """One sweep over two prefixes: results computed up to each boundary (or of unknown age)
+    and the entries their markers point at inside the scope; later results and other keys stay."""
+    ns.bulk_put([
+        KVPair("c:t:a:old", b"\x00e", metadata={"c": 100}),
+        KVPair("c:t:a:new", b"e", metadata={"c": 900}),
+        KVPair("c:t:a:ageless", b"e"),
+        KVPair("c:t:b:old", b"1", metadata={"e": "c:t:z:target", "c": 100}),
+        KVPair("c:t:b:outside", b"1", metadata={"e": "d:t:z:kept", "c": 100}),
+        KVPair("c:t:b:new", b"1", metadata={"e": "c:t:z:kept", "c": 600}),
+        *(KVPair(key, b"v") for key in ("c:t:z:target", "c:t:z:kept", "d:t:z:kept", "c:t:c:x")),
+    ])
+    assert ns.sweep({"c:t:a:": 500, "c:t:b:": 500}, scope="c:") == []
+    assert [k.name for k in ns.list_all()] == [
+        "c:t:a:new", "c:t:b:new", "c:t:c:x", "c:t:z:kept", "d:t:z:kept"]
+    assert ns.sweep({}, scope="c:") == []
+
+
 TTL_MESSAGE = "Invalid expiration_ttl of 30. Expiration TTL must be at least 60."
 BAD_CALLS = {
     "ttl 30": (lambda ns: ns.put("k", b"v", expiration_ttl=30), codes.ERR_INVALID_EXPIRATION_TTL),

@@ -20,7 +20,15 @@ from typing import IO, Any, Dict, Optional
 
 from ..kv.worker import CloudflareWorkerKVNamespace
 
-WORKER_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "worker"
+
+def _worker_dir() -> pathlib.Path:
+    """``worker/`` beside the package in a checkout (an editable install); else the one in the
+    working directory (tox installs the package elsewhere but runs the tests from the repo)."""
+    beside = pathlib.Path(__file__).resolve().parent.parent.parent / "worker"
+    return beside if (beside / "src" / "index.js").is_file() else pathlib.Path.cwd() / "worker"
+
+
+WORKER_DIR = _worker_dir()
 INSTALL_HINT = "run `npm ci --prefix worker` (Node.js 20 or later) to install Miniflare"
 
 
