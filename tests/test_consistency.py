@@ -32,7 +32,7 @@ def two_hosts_sqlite(make_cache, tmp_path):
     (and every aged entry) asks L2: these tests are about what L2 answers, not about whether
     asking it pays (test_l2_costs.py)."""
     path = str(tmp_path / "shared.db")
-    options = dict(l1_max_age=1, max_put_delay=0.5, l2_reads="always")
+    options = dict(l1_max_age=1, max_put_delay=0.5, l1_reads="always", l2_reads="always")
     a = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
     b = CachedSqliteDatabase(path, cache=make_cache("l1-b", **options))
     with a.bind_ctx([Row]):

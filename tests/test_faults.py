@@ -73,7 +73,7 @@ def kv_cache(server, tmp_path):
         kwargs.setdefault("breaker_reset_timeout", 0.5)
         kwargs.setdefault("propagation_delay", 0)
         # one test host, one clock; every miss reads KV, so every injected fault is met
-        for name, value in supported(clock_skew=0, l2_reads="always").items():
+        for name, value in supported(clock_skew=0, l1_reads="always", l2_reads="always").items():
             kwargs.setdefault(name, value)
         cache = CloudflareKVCache(ns or namespace(server_info(server), **(client or {})),
                                   l1_directory=str(tmp_path / l1), **kwargs)

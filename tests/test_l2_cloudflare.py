@@ -63,7 +63,7 @@ def names(db):
 
 
 def test_request_counts_per_operation(server, kv_cache, tmp_path):
-    cache = kv_cache(l2_reads="always")  # a miss's L2 read counted (auto: test_l2_costs.py)
+    cache = kv_cache(l1_reads="always", l2_reads="always")  # a miss's L2 read counted (auto: test_l2_costs.py)
     db = open_db(tmp_path / "app.db", cache)
     Item.create(name="a")
     assert cache.drain(10)

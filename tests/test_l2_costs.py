@@ -14,7 +14,7 @@ import pytest
 from freezegun import freeze_time
 
 from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache
-from peewee_kvcache.cache.costs import CostModel
+from peewee_kvcache.cache.costs import L1, L2, CostModel
 from peewee_kvcache.kv.cloudflare import CloudflareKVNamespace
 from peewee_kvcache.testing import KVServer
 
@@ -23,52 +23,76 @@ from peewee_kvcache.testing import KVServer
 
 def test_without_a_shape_or_a_known_latency_a_miss_asks_l2():
     costs = CostModel()
-    assert costs.ask_l2(None) and costs.ask_l2("SELECT 1")  # L2's distance is unknown
-    costs.l2_read(None, 40.0, found=False)
-    assert costs.ask_l2(None)  # the low-level get/put API has no shape: it always asks
+    assert costs.ask(L2, None) and costs.ask(L2, "SELECT 1")  # L2's distance is unknown
+    costs.read(L2, None, 40.0, found=False)
+    assert costs.ask(L2, None)  # the low-level get/put API has no shape: it always asks
 
 
 def test_a_shape_runs_on_the_database_once_before_it_is_judged():
     costs = CostModel()
-    costs.l2_read("q", 1.0, found=True)  # an unknown shape's hit rate is not recorded
-    assert not costs.ask_l2("q") and costs.estimate("q") is None
+    costs.read(L2, "q", 1.0, found=True)  # an unknown shape's hit rate is not recorded
+    assert not costs.ask(L2, "q") and costs.estimate("q") is None
     costs.db_ran("q", 10.0)
-    assert costs.estimate("q") == {"db_ms": 10.0, "l2_hit_rate": 0.5}
-    assert costs.ask_l2("q")  # 1 ms of L2 against half of 10 ms
+    assert costs.estimate("q") == {"db_ms": 10.0, "l1_hit_rate": 0.5, "l2_hit_rate": 0.5}
+    assert costs.ask(L2, "q")  # 1 ms of L2 against half of 10 ms
 
 
 def test_a_cheap_shape_never_waits_for_a_far_l2_however_often_l2_has_it():
     costs = CostModel()
-    costs.l2_read(None, 40.0, found=True)
+    costs.read(L2, None, 40.0, found=True)
     costs.db_ran("point lookup", 0.5)
     for _ in range(50):
-        costs.l2_read("point lookup", 40.0, found=True)
+        costs.read(L2, "point lookup", 40.0, found=True)
     assert costs.estimate("point lookup")["l2_hit_rate"] > 0.99
-    assert not any(costs.ask_l2("point lookup") for _ in range(1000))  # not even to explore
+    assert not any(costs.ask(L2, "point lookup") for _ in range(1000))  # not even to explore
 
 
 def test_an_expensive_shape_asks_and_stops_when_l2_stops_having_it_but_looks_now_and_then():
     costs = CostModel(explore_every=16)
-    costs.l2_read(None, 40.0, found=False)
+    costs.read(L2, None, 40.0, found=False)
     costs.db_ran("report", 200.0)
-    assert costs.ask_l2("report")  # 40 ms against half of 200 ms
+    assert costs.ask(L2, "report")  # 40 ms against half of 200 ms
     for _ in range(30):
-        costs.l2_read("report", 40.0, found=False)
-    asked = sum(costs.ask_l2("report") for _ in range(160))
+        costs.read(L2, "report", 40.0, found=False)
+    asked = sum(costs.ask(L2, "report") for _ in range(160))
     assert asked == 10  # one miss in 16 still asks, so a rising hit rate is seen
     for _ in range(30):
-        costs.l2_read("report", 40.0, found=True)
-    assert all(costs.ask_l2("report") for _ in range(20))
+        costs.read(L2, "report", 40.0, found=True)
+    assert all(costs.ask(L2, "report") for _ in range(20))
 
 
 def test_estimates_follow_the_latest_measurements():
     costs = CostModel()
-    costs.l2_read(None, 100.0, found=False)
+    costs.read(L2, None, 100.0, found=False)
     costs.db_ran("q", 50.0)
-    assert not costs.ask_l2("q") or costs.l2_ms > 25.0
+    assert not costs.ask(L2, "q") or costs.l2_ms > 25.0
     for _ in range(40):
-        costs.l2_read(None, 1.0, found=True)  # L2 came closer (and answers)
-    assert costs.l2_ms < 2.0 and costs.ask_l2("q")
+        costs.read(L2, None, 1.0, found=True)  # L2 came closer (and answers)
+    assert costs.l2_ms < 2.0 and costs.ask(L2, "q")
+
+
+def test_l1_is_read_for_a_new_shape_and_skipped_where_it_never_has_the_answer():
+    costs = CostModel(explore_every=16)
+    costs.read(L1, None, 0.05, found=False)  # L1's latency is known now
+    assert costs.ask(L1, "point lookup")  # unknown shape: near and cheap, read it
+    costs.db_ran("point lookup", 0.2)
+    for _ in range(10):  # one process on this host: memory already held all L1 had
+        costs.read(L1, "point lookup", 0.05, found=False)
+    assert not costs.would_ask(L1, "point lookup")
+    assert sum(costs.ask(L1, "point lookup") for _ in range(160)) == 10  # still explores
+    for _ in range(10):  # other workers on this host started filling L1
+        costs.read(L1, "point lookup", 0.05, found=True)
+    assert all(costs.ask(L1, "point lookup") for _ in range(20))
+
+
+def test_always_asks_a_level_on_every_miss_but_still_measures():
+    costs = CostModel(always_l1=True, always_l2=True)
+    costs.db_ran("q", 0.01)
+    for level in (L1, L2):
+        for _ in range(10):
+            costs.read(level, "q", 5.0, found=False)
+        assert all(costs.ask(level, "q") for _ in range(50))
+    assert costs.estimate("q")["l1_hit_rate"] < 0.1 and costs.l1_ms == 5.0
 
 
 def test_shapes_are_bounded():
@@ -230,7 +254,7 @@ def test_a_recheck_never_restamps_another_result_held_in_memory(make_cache, tmp_
     it; A1 then re-checks: L1 holds E', L2 holds E' — confirmed — but A1's memory still held X,
     with the same tokens. It must not be re-stamped (it was, and served until its TTL)."""
     path = str(tmp_path / "app.db")
-    options = dict(l1_max_age=10.0, max_put_delay=0.5, l2_reads="always")
+    options = dict(l1_max_age=10.0, max_put_delay=0.5, l1_reads="always", l2_reads="always")
     with freeze_time("2026-12-01 12:00:00") as clock:
         a1 = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
         a2 = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
@@ -262,7 +286,7 @@ def test_a_recheck_does_not_order_results_by_two_hosts_clocks(make_cache, tmp_pa
     created at H's T+2; D's write sweeps it and D stores E', created at D's T+0.5. E' is newer,
     though its creation time is smaller: a re-check must keep L2's entry, not confirm X."""
     path = str(tmp_path / "app.db")
-    options = dict(l1_max_age=10.0, max_put_delay=0.5, clock_skew=2.0, l2_reads="always")
+    options = dict(l1_max_age=10.0, max_put_delay=0.5, clock_skew=2.0, l1_reads="always", l2_reads="always")
     h = CachedSqliteDatabase(path, cache=make_cache("l1-h", **options))
     d = CachedSqliteDatabase(path, cache=make_cache("l1-d", **options))
 

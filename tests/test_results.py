@@ -28,7 +28,7 @@ def rows_of(value):
 @pytest.fixture
 def cache(make_cache):
     """These tests read each level in turn: every miss asks L2 (not only where it pays)."""
-    return make_cache(l2_reads="always")
+    return make_cache(l1_reads="always", l2_reads="always")
 
 @pytest.fixture
 def data(db, bind):

@@ -50,6 +50,7 @@ CACHE_CASES = [
     ("stampede_wait", None, TypeError), ("stampede_wait", INF, ValueError),
     ("l1_max_age", 0, ValueError), ("l1_max_age", -5, ValueError), ("l1_max_age", "5", TypeError),
     ("l2_reads", "sometimes", ValueError), ("l2_reads", None, ValueError),
+    ("l1_reads", "never", ValueError), ("l1_reads", 1, ValueError),
     ("namespace", "kv", TypeError), ("namespace", 123, TypeError),
     ("l1_directory", 123, TypeError), ("l1_directory", "", ValueError),
 ]
@@ -70,7 +71,7 @@ def test_bad_cache_argument_is_refused_naming_parameter_and_value(tmp_path, name
 @pytest.mark.parametrize("kwargs", [
     dict(max_put_delay=0.5, outbox_lease=1, l1_size_limit=1 << 20, clock_skew=0,
          memory_entries=0, breaker_fail_max=1, breaker_reset_timeout=0.1, propagation_delay=0,
-         stampede_wait=0, l1_max_age=None, l2_reads="always"),
+         stampede_wait=0, l1_max_age=None, l1_reads="always", l2_reads="always"),
     dict(max_put_delay=10, clock_skew=2.5, propagation_delay=60.0, l1_max_age=0.5),
 ])
 def test_good_cache_arguments_are_accepted(make_cache, kwargs):

@@ -63,7 +63,8 @@ class CloudflareKVCache(SeedAPI):
     ``exit_timeout`` (seconds) bounds how long :meth:`close` and interpreter exit wait for queued
     L2 work, so an unreachable KV cannot hold a process; invalidation sweeps left over stay in
     the durable outbox. ``l2_reads="auto"`` asks L2 before the database only for query shapes
-    where, by this process's measurements, it pays; ``"always"`` asks on every miss. The other
+    where, by this process's measurements, it pays; ``"always"`` asks on every miss;
+    ``l1_reads`` the same for the L1 directory after a miss in memory. The other
     arguments are described in the README's Configuration table.
 
     Attributes: ``settings`` (the validated arguments), ``namespace``, ``prefix``, ``strategy``,
@@ -78,14 +79,15 @@ class CloudflareKVCache(SeedAPI):
                  propagation_delay: Optional[float] = None, outbox_lease: float = 30.0,
                  l1_max_age: Optional[float] = 5.0, stampede_wait: float = 5.0,
                  max_put_delay: float = 10.0, clock_skew: float = 0.0,
-                 memory_entries: int = 1000, exit_timeout: float = 1.0, l2_reads: str = "auto"):
+                 memory_entries: int = 1000, exit_timeout: float = 1.0, l2_reads: str = "auto",
+                 l1_reads: str = "auto"):
         settings = CacheSettings.check(
             l1_directory=l1_directory, strategy=strategy, default_ttl=default_ttl, prefix=prefix,
             secret=secret, l1_size_limit=l1_size_limit, breaker_fail_max=breaker_fail_max,
             breaker_reset_timeout=breaker_reset_timeout, propagation_delay=propagation_delay,
             outbox_lease=outbox_lease, l1_max_age=l1_max_age, stampede_wait=stampede_wait,
             max_put_delay=max_put_delay, clock_skew=clock_skew, memory_entries=memory_entries,
-            exit_timeout=exit_timeout, l2_reads=l2_reads)
+            exit_timeout=exit_timeout, l2_reads=l2_reads, l1_reads=l1_reads)
         if namespace is not None and not isinstance(namespace, KVNamespace):
             raise TypeError(f"namespace must be a KVNamespace (CloudflareKVNamespace or "
                             f"LocalKVNamespace) or None, got {namespace!r}")
@@ -107,7 +109,8 @@ class CloudflareKVCache(SeedAPI):
         writer = self._writer = BackgroundWriter(PutSender(l2, sweeper, counters).send,
                                                  sweeper.run_due,
                                                  exit_timeout=float(settings.exit_timeout))
-        costs = CostModel(always=settings.l2_reads == "always")
+        costs = CostModel(always_l1=settings.l1_reads == "always",
+                          always_l2=settings.l2_reads == "always")
         reader = self._reader = Reader(settings, memory, self.l1, l2, sweeper, counters, fault,
                                        costs, writer.submit)
         self._storer = Storer(settings, self.l1, l2.layout, reader, sweeper, writer, counters,

@@ -1,7 +1,8 @@
 """The read path: a key's result from the nearest level holding a valid one, or a miss.
 
-Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2
-when asking it pays for this query shape (costs.py), else straight to the database. An L1 entry
+Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2,
+each level asked when asking it pays for this query shape (costs.py), else straight to the
+database. An L1 entry
 is served only within ``l1_max_age`` of its last check against L2; one served in the second half
 of that window is queued for a batched re-check off the query path (refresh.py), and an older one
 is a miss. A lookup makes at most one L2 read. A result read from L2 is kept in L1 and memory.
@@ -9,8 +10,9 @@ Every fault is a miss, logged and counted: the caller (a query) goes to the data
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Set, Tuple
 
 from ..core.codec import CachedResult, CodecError, SignatureError, decode_entry, decode_entry_full
 from ..core.config import now_ms
@@ -21,12 +23,15 @@ from ..l2.gateway import L2Gateway
 from ..levels.entry import Entry
 from ..levels.l1 import L1_FAULTS
 from ..levels.memory import MemoryLevel
-from .costs import CostModel
+from .costs import L1, L2, CostModel
 from .refresh import Refresher
 from .settings import CacheSettings
 
 #: L1 payloads are this library's own encoding: one that does not decode is a faulty L1
 _L1_READ_FAULTS = L1_FAULTS + (CodecError,)
+#: digests remembered as "read L1 next" at most (beyond, the hints are forgotten: the cost
+#: model's occasional exploring read still finds such entries)
+_MAX_L1_HINTS = 4096
 
 
 @dataclass(eq=False)
@@ -50,16 +55,19 @@ class Reader:
         self._max_age_ms = self.settings.l1_max_age_ms
         self._refresh_after_ms = (self._max_age_ms or 0) // 2
         self._clock_skew_ms = self.settings.clock_skew_ms
+        #: digests whose memory copy a re-check dropped while L1 holds the confirmed entry: the
+        #: next lookup reads L1 whatever the cost model says
+        self._l1_hints: Set[str] = set()
         self.refresher = Refresher(self.l1, self.memory, self.l2, self.fetch, self.submit,
-                                   self.counters, self.fault)
+                                   self.counters, self.fault, self.read_l1_next)
 
     def lookup(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
                ) -> Optional[CachedResult]:
         """The cached result for ``digest`` if one is live and no name in its stamp was bumped.
         ``shape`` (the SQL text) is what the L2 cost estimates are kept per."""
-        result, aged = self.local(digest)
+        result, aged = self.local(digest, shape)
         if result is None:
-            if self.costs.ask_l2(shape):
+            if self.costs.ask(L2, shape):
                 if aged:
                     self.counters.incr("l1_rechecks")
                 result = self.fetch(digest, names, shape)
@@ -70,9 +78,17 @@ class Reader:
         self.counters.incr("hits" if result is not None else "misses")
         return result
 
-    def local(self, digest: str) -> Tuple[Optional[CachedResult], bool]:
-        """This process's memory first, then the L1 directory. Returns the result and whether
-        an L1 entry was found too old to serve unchecked. Hits are counted by level."""
+    def read_l1_next(self, digest: str) -> None:
+        """The next lookup of ``digest`` reads L1 (its memory copy was dropped, L1's kept)."""
+        if len(self._l1_hints) >= _MAX_L1_HINTS:
+            self._l1_hints.clear()
+        self._l1_hints.add(digest)
+
+    def local(self, digest: str, shape: Optional[Hashable] = None
+              ) -> Tuple[Optional[CachedResult], bool]:
+        """This process's memory first, then the L1 directory when reading it pays for
+        ``shape`` (None: always). Returns the result and whether an L1 entry was found too old
+        to serve unchecked. Hits are counted by level."""
         try:
             now = now_ms()
             memo = self.memory.get(digest)
@@ -81,8 +97,17 @@ class Reader:
                     self.counters.incr("memory_hits")
                     return memo.value, False
                 self.memory.discard(digest)
+            hinted = digest in self._l1_hints
+            if not hinted and not self.costs.ask(L1, shape):
+                self.counters.incr("l1_skipped_cost")
+                return None, False
+            self._l1_hints.discard(digest)
+            started = time.perf_counter()
             entry = self.l1.get(digest)
-            if entry is None or not self._valid(entry, now):
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            served = entry is not None and self._valid(entry, now)
+            self.costs.read(L1, shape, elapsed_ms, served)
+            if entry is None or not served:
                 return None, False
             if not self._checked(digest, entry, now):
                 return None, True
@@ -105,12 +130,15 @@ class Reader:
         decoded = self._decode_l2(digest, raw, now, names) if raw is not None else None
         levels["l2"] = {"holds": raw is not None, "valid": decoded is not None,
                         "expires_in_s": (decoded[1] - now) / 1000 if decoded else None}
-        asks = self.costs.would_ask(shape)
-        served_by = next((level for level in ("memory", "l1") if levels[level]["serves"]),
-                         "l2" if asks and decoded is not None else "database")
-        return {"levels": levels, "served_by": served_by, "l2_asked_on_miss": asks,
+        l1_asks = digest in self._l1_hints or self.costs.would_ask(L1, shape)
+        asks = self.costs.would_ask(L2, shape)
+        served_by = ("memory" if levels["memory"]["serves"]
+                     else "l1" if l1_asks and levels["l1"]["serves"]
+                     else "l2" if asks and decoded is not None else "database")
+        return {"levels": levels, "served_by": served_by, "l1_asked_on_miss": l1_asks,
+                "l2_asked_on_miss": asks,
                 "costs": self.costs.estimate(shape) if shape is not None else None,
-                "l2_ms": self.costs.l2_ms}
+                "l1_ms": self.costs.l1_ms, "l2_ms": self.costs.l2_ms}
 
     def _describe(self, entry: Optional[Entry[Any]], now: int) -> Dict[str, Any]:
         """One level's entry: held, valid (unexpired, stamp current), checked how long ago, and
@@ -210,7 +238,7 @@ class Reader:
             self.fault("l1_errors", "L1 read failed, counted as a miss", exc)
             decoded = None
         if elapsed_ms is not None:
-            self.costs.l2_read(shape, elapsed_ms, decoded is not None)
+            self.costs.read(L2, shape, elapsed_ms, decoded is not None)
         if raw is None or decoded is None:
             return None
         result, expires_at_ms = decoded

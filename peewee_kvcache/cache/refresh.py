@@ -11,7 +11,8 @@ thread's never mix): no sweep up to then removed it, so none of its tables chang
 another result (hosts' clocks cannot order two creation times): L2's entry is fetched and kept,
 with the usual check against invalidations this host saw. Missing: swept (or expired)
 elsewhere; this process stops serving it. A confirmed entry's memory copy is dropped rather than
-re-stamped (it may be another result with the same tokens). An entry nobody re-checked in time
+re-stamped (it may be another result with the same tokens), and the next lookup reads L1's,
+even where L1 reads do not pay otherwise (costs.py). An entry nobody re-checked in time
 is a miss, as before: the bound is ``l1_max_age`` exactly.
 """
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Refresher:
     submit: Callable[[Callable[[], None]], None]
     counters: Counters
     fault: Report
+    #: tells the reader the next lookup of a digest reads L1 (its memory copy was dropped)
+    read_l1_next: Callable[[str], None]
     #: digest -> when it was queued (unix ms, the querying thread's clock)
     _due: Dict[str, int] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -125,4 +128,5 @@ class Refresher:
             self.fault("l1_errors", "L1 write for a re-check failed", exc)
             return
         self.memory.discard(digest)
+        self.read_l1_next(digest)
         self.counters.incr("l1_refreshes")

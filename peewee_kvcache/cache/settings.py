@@ -12,7 +12,8 @@ from ..core.config import check_number
 from ..kv.base import KVNamespace
 
 STRATEGIES = ("explicit", "all")
-L2_READS = ("auto", "always")
+#: ``l1_reads`` / ``l2_reads``: ask a level on every miss, or only where it pays (costs.py)
+LEVEL_READS = ("auto", "always")
 
 
 def default_directory(kind: str) -> str:
@@ -43,6 +44,7 @@ class CacheSettings:
     memory_entries: int
     exit_timeout: float
     l2_reads: str = "auto"
+    l1_reads: str = "auto"
 
     @classmethod
     def check(cls, *, l1_directory: Union[str, "os.PathLike[str]", None],
@@ -64,8 +66,10 @@ class CacheSettings:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.l2_reads not in L2_READS:
-            raise ValueError(f"l2_reads must be one of {L2_READS}, got {self.l2_reads!r}")
+        for name in ("l1_reads", "l2_reads"):
+            if getattr(self, name) not in LEVEL_READS:
+                raise ValueError(f"{name} must be one of {LEVEL_READS}, got "
+                                 f"{getattr(self, name)!r}")
         check_number("default_ttl", self.default_ttl, integer=True)
         prefix = self.prefix
         if not isinstance(prefix, str) or not prefix or len(prefix.encode()) > 64:

@@ -41,8 +41,8 @@ class Stampede:
         """Whether a miss of ``shape`` should run once for all (see the module doc)."""
         if not self.wait_s:
             return False
-        known = self.costs.estimate(shape) if shape is not None else None
-        return known is None or known["db_ms"] >= GUARD_MIN_DB_MS
+        db_ms = self.costs.db_ms(shape)
+        return db_ms is None or db_ms >= GUARD_MIN_DB_MS
 
     def lead(self, digest: str) -> bool:
         """Claim the right to run the query for ``digest``. True for the leader, and when L1

@@ -97,11 +97,13 @@ def demo_summary(report: DemoReport) -> Sequence[Any]:
                        f"{database / memory:.1f}x" if database and memory else "-")
     stats = report.final_stats
     shown = ("hits", "misses", "hit_rate", "memory_hits", "l1_hits", "l2_hits",
-             "l2_skipped_cost", "stores", "invalidations", "bypassed_in_transaction",
-             "total_keys", "table_keys", "l1_entries", "outbox_jobs", "pending_l2_work")
+             "l1_skipped_cost", "l2_skipped_cost", "stores", "invalidations",
+             "bypassed_in_transaction", "total_keys", "table_keys", "l1_entries", "outbox_jobs",
+             "pending_l2_work")
     final = key_value_table("Final db.cache.get_stats()", {name: stats[name] for name in shown})
     legend = (
-        "l2_skipped_cost: misses that went straight to the database (L2 would cost more). "
+        "l1_skipped_cost / l2_skipped_cost: misses that did not read L1 / ask L2 (for that "
+        "query shape it would cost more than it saves). "
         "outbox_jobs: L2 sweeps kept in the L1 directory until KV has done them; after "
         "drain() these are the second sweeps every write gets "
         f"{report.resweep_after_s:g} s after its first (for cache writes still on their way "

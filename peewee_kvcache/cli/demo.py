@@ -68,9 +68,10 @@ QUERIES: Dict[str, Callable[[], peewee.SelectBase]] = {
 }
 #: the counters each step reports as deltas
 SHOWN = ("hits", "misses", "memory_hits", "l1_hits", "l2_hits", "stores", "invalidations",
-         "bypassed_in_transaction", "l1_rechecks", "l2_skipped_cost")
+         "bypassed_in_transaction", "l1_rechecks", "l1_skipped_cost", "l2_skipped_cost")
 STEP_COUNT = 8
-#: QueryRun.l2 of a miss that did not ask L2: for its query shape L2 costs more than it saves
+#: QueryRun.l1 / .l2 of a miss that did not ask that level: for its query shape, asking costs
+#: more than it saves
 NOT_ASKED = "not asked"
 INSIDE = "inside the transaction"
 AFTER_ROLLBACK = "after ROLLBACK"
@@ -78,7 +79,7 @@ AFTER_ROLLBACK = "after ROLLBACK"
 
 @dataclass(frozen=True)
 class QueryRun:
-    """One read: what each level answered (``hit``, ``miss``, ``not asked`` for L2, or ``-``
+    """One read: what each level answered (``hit``, ``miss``, ``not asked``, or ``-``
     when a nearer level answered). ``when``: where it ran, in a step that says so."""
 
     query: str
@@ -131,9 +132,8 @@ def _levels(delta: Dict[str, int]) -> Tuple[str, str, str]:
         return "miss", "hit", "L2"
     if delta["bypassed_in_transaction"]:
         return "-", "-", "database (transaction wrote a table it reads)"
-    if delta["l2_skipped_cost"]:
-        return "miss", NOT_ASKED, "database"
-    return "miss", "miss", "database"
+    l1 = NOT_ASKED if delta["l1_skipped_cost"] else "miss"
+    return l1, NOT_ASKED if delta["l2_skipped_cost"] else "miss", "database"
 
 
 def _backend(db: peewee.Database) -> str:

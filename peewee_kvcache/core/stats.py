@@ -51,6 +51,7 @@ class CacheStats:
     l1_refreshes: int = _counter()  # entries re-confirmed against L2 in the background
     l1_refreshes_gone: int = _counter()  # ... found gone from L2 (swept elsewhere): not served
     l2_skipped_cost: int = _counter()  # misses sent straight to the DB: L2 would cost more
+    l1_skipped_cost: int = _counter()  # memory misses that did not read L1: it would cost more
     remote_evictions: int = _counter()
     stampede_waits: int = _counter()
     l2_stale_rejected: int = _counter()

@@ -37,9 +37,12 @@ class Explanation:
     levels: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     #: "memory", "l1", "l2" or "database": what would answer it now
     served_by: str = "database"
-    #: whether a miss of its shape asks L2 first, and what that is judged on
+    #: whether a miss in memory of its shape reads L1 and asks L2 before the database, and
+    #: what that is judged on
+    l1_asked_on_miss: Optional[bool] = None
     l2_asked_on_miss: Optional[bool] = None
-    costs: Optional[Dict[str, float]] = None
+    costs: Optional[Dict[str, Optional[float]]] = None
+    l1_ms: Optional[float] = None
     l2_ms: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
@@ -73,13 +76,17 @@ def _describe(level: Dict[str, Any]) -> str:
 
 
 def _miss_path(explained: Explanation) -> str:
-    costs, l2_ms = explained.costs, explained.l2_ms
-    judged = ""
-    if costs is not None and l2_ms is not None:
-        judged = (f" (database {costs['db_ms']:.2f} ms, L2 {l2_ms:.2f} ms, L2 had it "
-                  f"{costs['l2_hit_rate']:.0%} of the time)")
-    return ("asks L2, then the database" if explained.l2_asked_on_miss
-            else "the database, without asking L2") + judged
+    costs = explained.costs
+    asked = [(level, ms, rate) for level, asks, ms, rate in (
+        ("L1", explained.l1_asked_on_miss, explained.l1_ms, "l1_hit_rate"),
+        ("L2", explained.l2_asked_on_miss, explained.l2_ms, "l2_hit_rate")) if asks]
+    path = ", ".join(f"reads {level}" for level, _, _ in asked) or "skips L1 and L2"
+    judged = [f"{level} {ms:.2f} ms, had it {costs[rate]:.0%} of the time"
+              for level, ms, rate in asked
+              if costs is not None and ms is not None and costs[rate] is not None]
+    if costs is not None:
+        judged.insert(0, f"database {costs['db_ms']:.2f} ms")
+    return f"{path}, then the database" + (f" ({'; '.join(judged)})" if judged else "")
 
 
 def explain(database: Any, query: Any, probe: Probe, params: Sequence[Any] = (),
@@ -118,8 +125,9 @@ def explain(database: Any, query: Any, probe: Probe, params: Sequence[Any] = (),
     held = probe(key, names, info.shape or sql)
     served_by = held["served_by"] if not why_not else "database"
     return replace(explained, key=key, levels=held["levels"], served_by=served_by,
-                 l2_asked_on_miss=held["l2_asked_on_miss"] if not why_not else None,
-                 costs=held["costs"], l2_ms=held["l2_ms"])
+                   l1_asked_on_miss=held["l1_asked_on_miss"] if not why_not else None,
+                   l2_asked_on_miss=held["l2_asked_on_miss"] if not why_not else None,
+                   costs=held["costs"], l1_ms=held["l1_ms"], l2_ms=held["l2_ms"])
 
 
 def _not_selected(query: Any, strategy: str) -> str:

@@ -1,0 +1,92 @@
+"""A miss in memory reads the L1 directory only where that pays for the query's shape: on a host
+with one process, L1 holds only what memory holds, and its read costs as much as a cheap query.
+An entry a re-check confirmed in L1 (its memory copy dropped) is read from L1 all the same."""
+import os
+import time
+
+import peewee
+import pytest
+from freezegun import freeze_time
+
+from peewee_kvcache import CachedSqliteDatabase
+
+
+class Doc(peewee.Model):
+    title = peewee.CharField()
+
+
+@pytest.fixture
+def db(make_cache, tmp_path):
+    database = CachedSqliteDatabase(str(tmp_path / "d.db"), cache=make_cache(l1_max_age=10.0))
+    database.bind([Doc])
+    database.create_tables([Doc])
+    Doc.insert_many([{"title": f"t{i}"} for i in range(1, 11)]).execute()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def l1_reads(db, monkeypatch):
+    """L1 reads of the cache's directory, each made to cost 5 ms: far more than this SQLite
+    lookup, so that the cost model's verdict does not depend on this machine's speed."""
+    reads = []
+    get = db.cache.l1.get
+
+    def slow_get(digest):
+        reads.append(digest)
+        time.sleep(0.005)
+        return get(digest)
+
+    monkeypatch.setattr(db.cache.l1, "get", slow_get)
+    return reads
+
+
+def title(doc_id: int) -> str:
+    return Doc.select().where(Doc.id == doc_id).with_cache().get().title
+
+
+def test_a_shape_l1_never_pays_for_skips_the_l1_read(db, l1_reads):
+    assert title(1) == "t1"  # a new shape: L1 is read (a sibling may have it), and measured
+    assert len(l1_reads) == 1
+    assert [title(i) for i in range(2, 11)] == [f"t{i}" for i in range(2, 11)]
+    stats = db.cache.get_stats()
+    assert len(l1_reads) == 1 and stats.l1_skipped_cost == 9 and stats.misses == 10
+
+
+def test_an_entry_confirmed_by_a_recheck_is_read_from_l1_even_where_l1_does_not_pay(db,
+                                                                                   l1_reads):
+    with freeze_time("2026-12-01 12:00:00") as clock:
+        assert title(1) == "t1" and title(2) == "t2"  # the second miss skips L1 already
+        assert db.cache.drain(10)
+        assert db.cache.get_stats().l1_skipped_cost == 1
+        clock.tick(6)  # past half of l1_max_age: served from memory, queued for a re-check
+        assert title(1) == "t1"
+        assert db.cache.drain(10)  # confirmed in L1; its memory copy dropped
+        stats, reads = db.cache.get_stats(), len(l1_reads)
+        assert stats.l1_refreshes == 1
+        assert title(1) == "t1"
+    after = db.cache.get_stats()
+    assert after.l1_hits == stats.l1_hits + 1 and after.misses == stats.misses
+    assert len(l1_reads) > reads
+
+
+def test_a_forked_worker_learns_l1_anew(db, l1_reads):
+    """Before the fork the parent learned that L1 never pays for the lookup (it was alone on
+    the host); its forked child has siblings that fill L1, so it reads L1 again."""
+    assert title(1) == "t1" and title(2) == "t2"
+    assert db.cache.get_stats().l1_skipped_cost == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports whether its next miss read L1
+        try:
+            before = len(l1_reads)
+            title(3)
+            os.write(write, b"read" if len(l1_reads) > before else b"skipped")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        assert answer.read() == b"read"
+    os.waitpid(pid, 0)
+    title(4)
+    assert db.cache.get_stats().l1_skipped_cost == 2  # the parent still skips it
