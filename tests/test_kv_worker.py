@@ -261,6 +261,21 @@ def test_a_partial_response_says_what_is_left(small_gateway):
                       "unattempted_keys": ["k7", "k8", "k9"]}
 
 
+def test_delay_ms_holds_every_request():
+    """The test-only DELAY_MS binding (the benchmark's distance to the gateway) delays each
+    request, reads and writes alike, and changes nothing else."""
+    worker = start_for_tests({"SECRET": SECRET, "DELAY_MS": "250"})
+    try:
+        client = worker.namespace()
+        for call in (lambda: client.put("k", b"v"), lambda: client.get("k")):
+            began = time.monotonic()
+            call()
+            assert time.monotonic() - began >= 0.25
+        assert client.get("k") == b"v"
+    finally:
+        worker.stop()
+
+
 # --- KV's own failures ---------------------------------------------------------------------------
 
 def test_kv_refusing_a_write_is_reported_per_key(ns):

@@ -12,6 +12,9 @@
 //   POST /v1/sweep    {prefixes: {prefix: before_ms}, scope, cursor?, pending?}
 //
 // Bindings: KV (the namespace), SECRET (and SECRET_PREVIOUS while rotating; see auth.js).
+// Test-only bindings, never set in production: MAX_OPS (ops.js) and DELAY_MS, which holds every
+// request that many milliseconds before it is answered, so a benchmark can put the gateway at the
+// same distance as the KV server it compares it with (peewee_kvcache/testing/workerd.py).
 
 import { authenticate } from "./auth.js";
 import { bulkDelete, bulkPut, listKeys, multiGet } from "./handlers.js";
@@ -56,7 +59,14 @@ function parseJson(body) {
   }
 }
 
+/** DELAY_MS (test-only): the distance to the gateway, paid before anything is answered. */
+function distance(env) {
+  const ms = Number.parseInt(env.DELAY_MS ?? "", 10);
+  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, Math.min(ms, 10000))) : null;
+}
+
 async function handle(request, env) {
+  await distance(env);
   const url = new URL(request.url);
   const route = ROUTES[`${request.method} ${url.pathname}`];
   if (!route) {
