@@ -85,6 +85,36 @@ def mysql_database() -> Iterator[str]:
     conn.close()
 
 
+#: the SECRET of the session's gateway Worker (test-only; never a real one)
+WORKERD_SECRET = "session-gateway-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def workerd_gateway() -> Iterator[Any]:
+    """The KV gateway Worker in workerd, started once for the session (about 2 s); a test empties
+    it (``clear()``) before use. Missing Node.js or Miniflare fails the test under CI."""
+    from peewee_kvcache.testing.workerd import start_for_tests
+    gateway = start_for_tests({"SECRET": WORKERD_SECRET})
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def http_sent(monkeypatch) -> List[str]:
+    """Every HTTP request this process sends through ``requests`` (any thread; urllib3's retries
+    aside), as "METHOD path": counted where they leave, not by trusting the code that sends."""
+    from requests.adapters import HTTPAdapter
+    sent: List[str] = []
+    send = HTTPAdapter.send
+
+    def counting(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return send(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(HTTPAdapter, "send", counting)
+    return sent
+
+
 @pytest.fixture
 def make_cache(tmp_path) -> Iterator[Callable[..., CloudflareKVCache]]:
     """Caches sharing one local KV namespace; each call gets its own L1 unless told otherwise."""

@@ -2,6 +2,8 @@
 
 Another host's write deletes the L2 entry but cannot touch this host's L1. Two mechanisms bound
 how long this host serves the old rows: ``l1_max_age`` (every backend) and, on PostgreSQL, NOTIFY.
+Every test runs twice: the shared L2 is the embedded namespace, then the KV gateway Worker in
+workerd (what a fleet uses on Cloudflare).
 """
 import time
 
@@ -26,13 +28,29 @@ def write(db, value):
         Row.update(value=value).execute()
 
 
+@pytest.fixture(params=["local", pytest.param("worker", marks=pytest.mark.slow)])
+def l2(request):
+    """What both hosts' caches share as L2 (options for ``make_cache``): its default local
+    namespace, or the session's gateway Worker, emptied (slow: it runs in the full tox
+    environments). Miniflare's KV is consistent at once, so the gateway's caches re-sweep
+    without waiting out Cloudflare's 60 s propagation delay."""
+    if request.param == "local":
+        yield {}
+        return
+    gateway = request.getfixturevalue("workerd_gateway")
+    gateway.clear()
+    namespace = gateway.namespace()
+    yield {"namespace": namespace, "propagation_delay": 0}
+    namespace.close()
+
+
 @pytest.fixture
-def two_hosts_sqlite(make_cache, tmp_path):
+def two_hosts_sqlite(make_cache, tmp_path, l2):
     """Two 'hosts': separate L1 directories, one KV namespace, one database file. Every miss
     (and every aged entry) asks L2: these tests are about what L2 answers, not about whether
     asking it pays (test_l2_costs.py)."""
     path = str(tmp_path / "shared.db")
-    options = dict(l1_max_age=1, max_put_delay=0.5, l1_reads="always", l2_reads="always")
+    options = dict(l1_max_age=1, max_put_delay=0.5, l1_reads="always", l2_reads="always", **l2)
     a = CachedSqliteDatabase(path, cache=make_cache("l1-a", **options))
     b = CachedSqliteDatabase(path, cache=make_cache("l1-b", **options))
     with a.bind_ctx([Row]):
@@ -122,12 +140,12 @@ def test_recheck_without_l2_goes_to_the_database(two_hosts_sqlite, monkeypatch):
 
 
 @pytest.fixture
-def two_hosts_pg(make_cache, pg_schema):
+def two_hosts_pg(make_cache, pg_schema, l2):
     """Two PostgreSQL 'hosts' with separate L1s, no l1_max_age: only NOTIFY can help."""
     options = f"-c search_path={pg_schema}"
-    a = CachedPostgresqlDatabase("test", cache=make_cache("l1-a", l1_max_age=None),
+    a = CachedPostgresqlDatabase("test", cache=make_cache("l1-a", l1_max_age=None, **l2),
                                  options=options, **PG)
-    b = CachedPostgresqlDatabase("test", cache=make_cache("l1-b", l1_max_age=None),
+    b = CachedPostgresqlDatabase("test", cache=make_cache("l1-b", l1_max_age=None, **l2),
                                  options=options, **PG)
     with a.bind_ctx([Row]):
         a.drop_tables([Row], safe=True)

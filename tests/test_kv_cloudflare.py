@@ -22,10 +22,8 @@ from peewee_kvcache.kv.base import KVError, KVNamespace, KVOutcomeUnknown, KVPai
 from peewee_kvcache.kv.cloudflare import BudgetExhausted, CloudflareKVNamespace, RequestBudget
 from peewee_kvcache.kv.local import LocalKVNamespace
 from peewee_kvcache.testing import Fault, KVServer
-from peewee_kvcache.testing.workerd import WorkerGateway, start_for_tests
 
 TOKEN = "tok-3x4mpl3-S3CR3T-value"
-WORKER_SECRET = "contract-suite-gateway-secret-0123456789"
 ODD_KEYS = ["a/b", "q?x=1&y", "100%", "%2F", "#frag", "with space", "café é", "smile 🙂",
             "..x", "a/../b", "./", "+plus", "tab\tkey"]
 
@@ -61,20 +59,12 @@ def client(server) -> Iterator[CloudflareKVNamespace]:
     namespace.close()
 
 
-@pytest.fixture(scope="module")
-def gateway() -> Iterator[WorkerGateway]:
-    """The gateway Worker in workerd (slow to start: one per module), emptied per test."""
-    worker = start_for_tests({"SECRET": WORKER_SECRET})
-    yield worker
-    worker.stop()
-
-
 @pytest.fixture(params=["local", "cloudflare", "worker"])
 def ns(request, tmp_path) -> Iterator[KVNamespace]:
     if request.param == "local":
         namespace: KVNamespace = LocalKVNamespace(tmp_path / "local")
     elif request.param == "worker":
-        worker = request.getfixturevalue("gateway")
+        worker = request.getfixturevalue("workerd_gateway")  # one per session
         worker.clear()
         namespace = worker.namespace()
     else:

@@ -15,7 +15,6 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from peewee_kvcache.kv import codes, signing
 from peewee_kvcache.kv.base import KVError, KVPair
@@ -40,20 +39,6 @@ def ns(gateway) -> Iterator[CloudflareWorkerKVNamespace]:
     namespace = gateway.namespace()
     yield namespace
     namespace.close()
-
-
-@pytest.fixture
-def sent(monkeypatch) -> List[str]:
-    """Every HTTP request this process sends (urllib3's retries aside), as "METHOD path"."""
-    requests_sent: List[str] = []
-    send = HTTPAdapter.send
-
-    def counting(self, request, *args, **kwargs):
-        requests_sent.append(f"{request.method} {request.path_url.split('?')[0]}")
-        return send(self, request, *args, **kwargs)
-
-    monkeypatch.setattr(HTTPAdapter, "send", counting)
-    return requests_sent
 
 
 def raw(gateway: WorkerGateway, method: str, path: str, body: Any = b"", *,
@@ -218,14 +203,14 @@ def entries(count: int, created: int) -> List[KVPair]:
     return pairs
 
 
-def test_a_sweep_of_many_keys_is_one_request(ns, sent):
+def test_a_sweep_of_many_keys_is_one_request(ns, http_sent):
     assert ns.bulk_put(entries(300, created=1000)) == []
     ns.bulk_put([KVPair("pkv:t:b:fresh", b"1", metadata={"e": "pkv:t:a:0000", "c": 5000}),
                  KVPair("pkv:t:b:alien", b"1", metadata={"e": "other:key", "c": 1}),
                  KVPair("other:key", b"v")])
-    sent.clear()
+    http_sent.clear()
     assert ns.sweep({"pkv:t:b:": 2000}, scope="pkv:") == []
-    assert sent == ["POST /v1/sweep"]
+    assert http_sent == ["POST /v1/sweep"]
     left = {info.name for info in ns.list_all()}
     assert left == {"pkv:t:b:fresh", "other:key"}  # fresh kept, and nothing outside the scope
 
@@ -238,20 +223,20 @@ def small_gateway() -> Iterator[WorkerGateway]:
     worker.stop()
 
 
-def test_partial_work_is_continued_to_the_end(small_gateway, sent):
+def test_partial_work_is_continued_to_the_end(small_gateway, http_sent):
     client = small_gateway.namespace()
     small_gateway.clear()
     assert client.bulk_put(entries(20, created=1000)) == []  # 40 puts, 7 per request
-    assert sent.count("POST /v1/put") == 6
+    assert http_sent.count("POST /v1/put") == 6
     assert len(list(client.list_all())) == 40
-    sent.clear()
+    http_sent.clear()
     assert client.sweep({"pkv:t:b:": 2000}, scope="pkv:") == []
-    assert sent.count("POST /v1/sweep") > 3  # continued where the limit stopped it
+    assert http_sent.count("POST /v1/sweep") > 3  # continued where the limit stopped it
     assert list(client.list_all()) == []
     client.bulk_put([KVPair(f"k{i}", b"v") for i in range(10)])
-    sent.clear()
+    http_sent.clear()
     assert client.bulk_delete([f"k{i}" for i in range(10)]) == []
-    assert sent.count("POST /v1/delete") == 2 and list(client.list_all()) == []
+    assert http_sent.count("POST /v1/delete") == 2 and list(client.list_all()) == []
 
 
 def test_a_partial_response_says_what_is_left(small_gateway):
