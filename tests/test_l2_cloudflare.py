@@ -1,9 +1,12 @@
 """The cache with Cloudflare KV as L2, over real HTTP against the project's KV server: request
 counts per operation, sharing between processes with separate L1 directories, a late process that
-finds every entry from KV alone, and TTLs under KV's 60 s floor."""
+finds every entry from KV alone, and TTLs under KV's 60 s floor. Then the same cache over the KV
+gateway Worker in workerd: its requests per operation, and one request per invalidation sweep
+whatever the number of keys."""
 import math
 import multiprocessing
 import time
+from collections import Counter
 
 import peewee
 import pytest
@@ -12,6 +15,7 @@ from peewee_kvcache import CachedSqliteDatabase, CloudflareKVCache
 from peewee_kvcache.core.codec import CachedResult
 from peewee_kvcache.kv.cloudflare import CloudflareKVNamespace
 from peewee_kvcache.testing.kv_server import KVServer
+from tests.conftest import wait_for
 
 RESULT = CachedResult(("id",), [(1,)])
 
@@ -63,7 +67,8 @@ def names(db):
 
 
 def test_request_counts_per_operation(server, kv_cache, tmp_path):
-    cache = kv_cache(l1_reads="always", l2_reads="always")  # a miss's L2 read counted (auto: test_l2_costs.py)
+    # a miss's L2 read counted (under 'auto' whether it asks is measured: test_l2_costs.py)
+    cache = kv_cache(l1_reads="always", l2_reads="always")
     db = open_db(tmp_path / "app.db", cache)
     Item.create(name="a")
     assert cache.drain(10)
@@ -209,4 +214,76 @@ def test_result_over_kv_value_limit_stays_in_l1(server, kv_cache):
     assert cache.drain(30)
     assert cache.get_stats().oversized == 1
     assert server.counts()["bulk_put"] == 0 and cache.l2_entry_keys() == []
+    assert cache.get("big", ["item"]) == big                      # served from L1
+
+
+# --- the same cache over the KV gateway Worker (workerd) -------------------------------------
+
+@pytest.fixture
+def gateway_cache(workerd_gateway, tmp_path):
+    """Caches over the session's gateway Worker, emptied first."""
+    workerd_gateway.clear()
+    caches = []
+
+    def make(l1="l1", **kwargs):
+        cache = CloudflareKVCache(workerd_gateway.namespace(), l1_directory=str(tmp_path / l1),
+                                  **kwargs)
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.close()
+
+
+def test_gateway_request_counts_per_operation(gateway_cache, http_sent, tmp_path):
+    cache = gateway_cache(l1_reads="always", l2_reads="always")
+    db = open_db(tmp_path / "app.db", cache)
+    Item.create(name="a")
+    assert cache.drain(10)
+    http_sent.clear()
+    assert names(db) == ["a"]                          # miss: 1 multi-get, then 1 bulk put
+    assert cache.drain(10)
+    assert http_sent == ["POST /v1/get", "POST /v1/put"]
+    http_sent.clear()
+    assert names(db) == ["a"]                          # L1 hit: nothing
+    assert http_sent == []
+    cache.clear_local()
+    assert names(db) == ["a"]                          # L2 hit: 1 multi-get
+    assert http_sent == ["POST /v1/get"]
+
+
+def test_gateway_one_invalidation_of_k_keys_is_one_request(gateway_cache, http_sent):
+    """Host A caches 160 results depending on three tables (each an entry under the first and a
+    marker under the other two) and 20 on another table; host B writes two of the three: its
+    sweep is one HTTP request for 480 keys. B sweeps again once KV's propagation delay (60 s on
+    Cloudflare, 0.2 s here) and max_put_delay have passed, for results that landed late: one
+    more request, so an invalidation costs two requests whatever the number of keys (up to the
+    Worker's 1,000 KV operations per request; beyond, the sweep continues in further ones)."""
+    a = gateway_cache("l1-a")
+    for i in range(160):
+        a.put(f"q{i}", RESULT, ["author", "book", "review"])
+    for i in range(20):
+        a.put(f"other{i}", RESULT, ["publisher"])
+    assert a.drain(60)
+    assert len(list(a.namespace.list_all(a.prefix))) == 160 * 3 + 20
+    b = gateway_cache("l1-b", propagation_delay=0.2, max_put_delay=0.3)
+    http_sent.clear()
+    b.invalidate(tables=["book", "review"])
+    assert b.drain(60)
+    assert http_sent == ["POST /v1/sweep"]
+    assert wait_for(lambda: len(b.outbox) == 0, timeout=10)     # the late re-sweep ran
+    assert http_sent == ["POST /v1/sweep"] * 2
+    left = list(b.namespace.list_all(b.prefix))
+    assert Counter(info.name[len(b.prefix):].split(":")[1] for info in left) == {
+        "publisher": 20}                                            # the other table's stay
+
+
+def test_gateway_result_over_kv_value_limit_stays_in_l1(gateway_cache, http_sent):
+    cache = gateway_cache()
+    big = CachedResult(("blob",), [("x" * (1 << 20),)] * 26)     # 26 MiB: over KV's 25 MiB
+    assert cache.put("big", big, ["item"])
+    assert cache.drain(30)
+    assert cache.get_stats().oversized == 1
+    assert "POST /v1/put" not in http_sent and cache.l2_entry_keys() == []
     assert cache.get("big", ["item"]) == big                      # served from L1
