@@ -588,6 +588,83 @@ def test_a_cache_fault_in_a_command_names_its_exception_and_no_query(env):
     assert "database" not in result.stderr.lower()
 
 
+# --- the KV gateway Worker --------------------------------------------------------------------
+
+WORKER_VARIABLES = ("PEEWEE_KVCACHE_WORKER_URL", "PEEWEE_KVCACHE_WORKER_SECRET")
+
+
+@pytest.mark.parametrize("present", [[], ["PEEWEE_KVCACHE_WORKER_URL"]])
+def test_worker_without_configuration_exits_2(env, present):
+    given = {name: "https://gateway.example" for name in present}
+    line = one_line_error(run_cli("stats", "--kv", "worker", env={**env, **given}), 2)
+    assert line.startswith("peewee-kvcache stats: --kv worker: missing environment")
+    for variable in WORKER_VARIABLES:
+        assert (variable in line) == (variable not in present)
+
+
+def test_worker_against_the_gateway_in_workerd(workerd_gateway, tmp_path, env):
+    """Every command that takes --kv, against the real Worker: stats and index rebuild see what
+    a cache stored through the gateway, invalidate sweeps it, clear empties it; the secret is
+    never printed."""
+    from tests.conftest import WORKERD_SECRET
+    workerd_gateway.clear()
+    cache = open_cache(env, namespace=workerd_gateway.namespace())
+    try:
+        populated = populate(tmp_path, cache)
+    finally:
+        cache.close()
+    gw = {"PEEWEE_KVCACHE_KV": "worker", "PEEWEE_KVCACHE_WORKER_URL": workerd_gateway.url,
+          "PEEWEE_KVCACHE_WORKER_SECRET": WORKERD_SECRET,
+          "PEEWEE_KVCACHE_L1_DIR": env["PEEWEE_KVCACHE_L1_DIR"]}
+    outputs = []
+
+    def run(*args: str) -> dict:
+        result = run_cli(*args, "--json", env=gw)
+        outputs.extend([result.stdout, result.stderr])
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    stats = run("stats")
+    for name in ("total_keys", "table_keys", "tag_keys"):
+        assert stats[name] == populated[name], name
+    assert stats["kv"] == f"KV gateway Worker at {workerd_gateway.url}"
+    assert run("index", "rebuild")["dangling_removed"] == 0
+    assert run("invalidate", "--table", "book")["l2_keys_by_name"] == {"table book": 3}
+    assert run("stats")["by_table"] == {"author": 3}
+    namespace = workerd_gateway.namespace()
+    left = len(list(namespace.list_all("pkv:")))      # the 3 author entries, markers, tags'
+    assert left >= 3 and run("clear", "--yes")["deleted_keys"] == left
+    assert list(namespace.list_all()) == []
+    namespace.close()
+    assert all(WORKERD_SECRET not in output for output in outputs)
+
+
+def test_worker_unreachable_is_one_line_and_exit_1(env):
+    """With a URL configured the demo uses it, as every command does: it starts nothing."""
+    gw = {**env, "PEEWEE_KVCACHE_WORKER_URL": f"http://127.0.0.1:{free_port()}",
+          "PEEWEE_KVCACHE_WORKER_SECRET": "s" * 40}
+    for command in ("stats", "demo"):
+        line = one_line_error(run_cli(command, "--kv", "worker", env=gw), 1)
+        assert line.startswith(f"peewee-kvcache {command}: KV error:") and "s" * 40 not in line
+
+
+def test_demo_kv_worker_without_a_url_runs_the_worker_in_local_workerd(env):
+    report = run_json("demo", "--kv", "worker", env=env)
+    assert report["kv"].startswith("KV gateway Worker at http://127.0.0.1:")
+    assert report["kv"].endswith("(the project's Worker in local workerd, for this demo)")
+    first_reads = next(step for step in report["steps"] if step["title"] == "First reads")
+    assert first_reads["runs"][0]["l2"] == "miss"     # the first read asks L2: the Worker answers
+    final = report["final_stats"]                     # stored there, no L2 call failed
+    assert final["table_keys"] >= 1 and final["l2_errors"] == final["l2_circuit_open"] == 0
+
+
+def test_demo_kv_worker_without_a_url_or_node_exits_2(env, tmp_path):
+    line = one_line_error(run_cli("demo", "--kv", "worker", env={**env, "PATH": str(tmp_path)}),
+                          2)
+    for text in (*WORKER_VARIABLES, "node is not on PATH", "npm ci --prefix worker"):
+        assert text in line, text
+
+
 # --- explain ---------------------------------------------------------------------------------
 
 def test_explain_a_cached_query_and_an_uncacheable_one(env, tmp_path):

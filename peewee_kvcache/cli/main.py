@@ -3,17 +3,20 @@
 One function per subcommand, registered in ``build_parser``. The operator commands (``stats``,
 ``invalidate``, ``clear``, ``index rebuild``) and ``demo`` open the cache the way an application
 configures it: ``--kv``/``--kv-dir``/``--l1-dir``/``--prefix`` or their ``PEEWEE_KVCACHE_*``
-variables, Cloudflare credentials from ``CLOUDFLARE_*`` only (a token on a command line would land
-in shell history and ``ps``). Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration.
+variables, Cloudflare credentials from ``CLOUDFLARE_*`` only and the KV gateway Worker's from
+``PEEWEE_KVCACHE_WORKER_*`` only (a token or secret on a command line would land in shell history
+and ``ps``). Exit codes: 0 ok, 1 the operation failed, 2 usage or configuration.
 Every command takes ``--json`` and ``-v``; under ``--json`` stdout holds exactly one JSON document,
 the result or ``{"error": {...}}``, so a script never parses text.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -34,12 +37,13 @@ from .demo import STEP_COUNT, Demo, Step
 from ..kv.base import KVError, KVNamespace
 from ..kv.cloudflare import CloudflareKVNamespace
 from ..kv.local import LocalKVNamespace
+from ..kv.worker import SECRET_VARIABLE, URL_VARIABLE, CloudflareWorkerKVNamespace
 from ..levels.l1 import Unavailable
 from .maintenance import Maintenance
 from ..core.names import table_name, table_names_of, tag_list, tag_name
 
 DEFAULT_TOKEN = "local-dev-token"
-KV_KINDS = ("local", "cloudflare")
+KV_KINDS = ("local", "cloudflare", "worker")
 #: counters that say an L2 call of this process did not go through
 L2_FAILURES = ("l2_errors", "l2_circuit_open", "l2_budget_skipped")
 DATABASES = {"sqlite": CachedSqliteDatabase, "postgres": CachedPostgresqlDatabase,
@@ -142,12 +146,24 @@ def _prefix(args: argparse.Namespace) -> str:
     return _setting(args.prefix, "PEEWEE_KVCACHE_PREFIX") or "pkv:"
 
 
-def _open_namespace(args: argparse.Namespace, default_dir: Optional[str] = None,
-                    must_exist: bool = True) -> Tuple[KVNamespace, str]:
-    """The configured L2 namespace and a description of it (never the token)."""
-    kind = _setting(args.kv, "PEEWEE_KVCACHE_KV", "local")
+def _kv_kind(args: argparse.Namespace) -> str:
+    """--kv, else $PEEWEE_KVCACHE_KV, else local; checked."""
+    kind = _setting(args.kv, "PEEWEE_KVCACHE_KV", "local") or "local"
     if kind not in KV_KINDS:
         raise UsageError(f"PEEWEE_KVCACHE_KV must be one of {', '.join(KV_KINDS)}, not {kind!r}")
+    return kind
+
+
+def _open_namespace(args: argparse.Namespace, default_dir: Optional[str] = None,
+                    must_exist: bool = True) -> Tuple[KVNamespace, str]:
+    """The configured L2 namespace and a description of it (never the token or the secret)."""
+    kind = _kv_kind(args)
+    if kind == "worker":
+        try:
+            gateway = CloudflareWorkerKVNamespace.from_env()
+        except ValueError as exc:
+            raise UsageError(f"--kv worker: {exc}") from None
+        return gateway, f"KV gateway Worker at {gateway.url}"
     if kind == "cloudflare":
         try:
             namespace = CloudflareKVNamespace.from_env()
@@ -403,11 +419,37 @@ def explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_gateway(stack: contextlib.ExitStack) -> Tuple[KVNamespace, str]:
+    """The project's KV gateway Worker run in local workerd for the demo, with a secret of its
+    own, stopped when ``stack`` closes: ``--kv worker`` shows the gateway without a deployment
+    where a source checkout has its npm packages; elsewhere, a usage error says what to set or
+    install."""
+    from ..testing.workerd import WorkerdUnavailable, WorkerGateway, missing_parts
+
+    reason = missing_parts()
+    if reason:
+        raise UsageError(f"--kv worker: set {URL_VARIABLE} and {SECRET_VARIABLE} to a deployed "
+                         "gateway (worker/ in the source, README), or let the demo run the "
+                         f"Worker locally in workerd, which needs a source checkout: {reason}")
+    gateway = WorkerGateway({"SECRET": secrets.token_hex(32)})
+    try:
+        gateway.start()
+    except WorkerdUnavailable as exc:
+        raise Failed(f"--kv worker: {exc}") from None
+    stack.callback(gateway.stop)
+    return gateway.namespace(), (f"KV gateway Worker at {gateway.url} (the project's Worker "
+                                 "in local workerd, for this demo)")
+
+
 def demo(args: argparse.Namespace) -> int:
     """A realistic workload, step by step, on throwaway storage unless told otherwise."""
     screen = console.STDERR if args.json else console.STDOUT
-    with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp:
-        namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)
+    with tempfile.TemporaryDirectory(prefix="peewee-kvcache-demo-") as tmp, \
+            contextlib.ExitStack() as stack:
+        if _kv_kind(args) == "worker" and not os.environ.get(URL_VARIABLE, "").strip():
+            namespace, where = _local_gateway(stack)
+        else:
+            namespace, where = _open_namespace(args, os.path.join(tmp, "kv"), must_exist=False)
         try:
             namespace.list(_prefix(args), limit=10)
         except KVError:
@@ -462,7 +504,9 @@ def _cache_options() -> argparse.ArgumentParser:
     group.add_argument("--kv", choices=KV_KINDS,
                        help="L2 backend (default: $PEEWEE_KVCACHE_KV, else local); cloudflare "
                        "reads CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_KV_NAMESPACE_ID, "
-                       "CLOUDFLARE_API_TOKEN and optionally CLOUDFLARE_API_BASE_URL")
+                       "CLOUDFLARE_API_TOKEN and optionally CLOUDFLARE_API_BASE_URL; worker "
+                       f"(the KV gateway Worker) reads {URL_VARIABLE} and {SECRET_VARIABLE} "
+                       "(demo without them: the project's Worker in local workerd)")
     group.add_argument("--kv-dir", metavar="DIR",
                        help="local namespace directory (default: $PEEWEE_KVCACHE_KV_DIR, else "
                        f"{default_directory('kv')})")
@@ -502,8 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
         "write, a rolled-back transaction and reads after L1 was emptied, printing for every "
         "read whether L1 and L2 hit or missed, what was invalidated, measured timings and the "
         "final stats. Uses a temporary SQLite file and a temporary local KV namespace unless "
-        "--database, --kv or the directories say otherwise; its tables (pkv_demo_*) are "
-        "dropped at the end.",
+        "--database, --kv or the directories say otherwise; --kv worker without "
+        f"{URL_VARIABLE} runs the project's gateway Worker in local workerd (a source "
+        "checkout after `npm ci --prefix worker`). Its tables (pkv_demo_*) are dropped at "
+        "the end.",
         "peewee-kvcache demo --database postgresql://postgres@127.0.0.1:5432/test", common)
     demo_parser.add_argument("--database", metavar="URL",
                              help="postgresql://user@host:port/db, mysql://..., "

@@ -25,13 +25,16 @@ from .budget import RequestBudget
 from .signing import SignedRequests
 from .transport import RestTransport, Timeout, check_base_url, envelope, parsing
 
-__all__ = ["CloudflareWorkerKVNamespace", "MAX_BODY_BYTES", "BULK_MAX_ITEMS"]
+__all__ = ["CloudflareWorkerKVNamespace", "MAX_BODY_BYTES", "BULK_MAX_ITEMS", "URL_VARIABLE",
+           "SECRET_VARIABLE"]
 
 #: the Worker's request body limit (a Worker has 128 MB: one 25 MiB value in base64 must fit)
 MAX_BODY_BYTES = 36 * 1024 * 1024
 #: pairs or keys per bulk request: a Worker invocation makes at most 1,000 KV operations
 BULK_MAX_ITEMS = 1000
-_ENV = {"url": "PEEWEE_KVCACHE_WORKER_URL", "secret": "PEEWEE_KVCACHE_WORKER_SECRET"}
+#: the environment variables :meth:`CloudflareWorkerKVNamespace.from_env` reads
+URL_VARIABLE, SECRET_VARIABLE = "PEEWEE_KVCACHE_WORKER_URL", "PEEWEE_KVCACHE_WORKER_SECRET"
+_ENV = {"url": URL_VARIABLE, "secret": SECRET_VARIABLE}
 
 
 def _encode(item: Any) -> bytes:
