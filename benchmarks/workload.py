@@ -1,14 +1,16 @@
 """A benchmark that tells the truth about a cache on a workload: two hosts (two processes, each
 with its own L1) sharing one L2, a mix of cheap and expensive reads and invalidating writes with
-skewed popularity, the L2 embedded or over REST at swept distances, measured against no cache and
-against the time an ideal cache would take on the same operations.
+skewed popularity, the L2 embedded, over REST or through the KV gateway Worker at swept distances,
+measured against no cache and against the time an ideal cache would take on the same operations.
 
     python benchmarks/workload.py            # full run, ~4 min on 2 cores; writes
                                              # workload_results.md next to this file
     python benchmarks/workload.py --quick    # ~40 s smoke run (prints only)
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust, database ``test``); the run works in a
-schema of its own and drops it. Progress goes to stderr, the report (markdown) to stdout.
+schema of its own and drops it. The gateway runs in local workerd: Node.js 20+ and
+``npm ci --prefix worker`` (checked before anything runs). Progress goes to stderr, the report
+(markdown) to stdout.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import datetime
 import multiprocessing
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -32,8 +35,9 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import peewee
 
 from peewee_kvcache.testing import KVServer
+from peewee_kvcache.testing.workerd import WorkerGateway, missing_parts
 from pkvbench import host
-from pkvbench.host import EMBEDDED, NO_CACHE, REST, HostReport, HostSpec, L2Spec
+from pkvbench.host import EMBEDDED, GATEWAY, NO_CACHE, REST, HostReport, HostSpec, L2Spec
 from pkvbench.machine import code_revision, cpu_model
 from pkvbench.mix import Mix, Op, execute, sequence
 from pkvbench.mixreport import RunResult, Variant, WorkloadReport, render
@@ -51,20 +55,22 @@ WARMUP_OPS = 200
 @dataclass(frozen=True)
 class Mode:
     ops: int
-    distances_ms: Tuple[int, ...]
+    distances_ms: Tuple[int, ...]  # the REST L2's
+    gateway_ms: Tuple[int, ...]  # the gateway L2's
 
 
-FULL = Mode(1500, (0, 10, 40, 100))
-QUICK = Mode(300, (0, 40))
+FULL = Mode(1500, (0, 10, 40, 100), (0, 10, 40, 100))
+QUICK = Mode(300, (0, 40), (40,))
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def variants(distances_ms: Sequence[int]) -> List[Variant]:
+def variants(mode: Mode) -> List[Variant]:
     return ([Variant("no cache", NO_CACHE), Variant("embedded L2", EMBEDDED)]
-            + [Variant("REST L2", REST, ms) for ms in distances_ms])
+            + [Variant("REST L2", REST, ms) for ms in mode.distances_ms]
+            + [Variant("gateway L2", GATEWAY, ms) for ms in mode.gateway_ms])
 
 
 @dataclass
@@ -103,14 +109,21 @@ def prepare(env: Environment, warmup: Sequence[Op]) -> None:
                 execute(op, cached=False)
 
 
-def _l2(env: Environment, variant: Variant, run_dir: Path) -> L2Spec:
+@contextlib.contextmanager
+def _l2(env: Environment, variant: Variant, run_dir: Path) -> Iterator[L2Spec]:
     if variant.kind == REST:
         server = env.server
         server.reset()  # empty store, counts at zero
         server.latency = (variant.latency_ms or 0) / 1000.0
-        return L2Spec(REST, base_url=server.base_url, account_id=server.account_id,
-                      namespace_id=server.namespace_id, api_token=server.api_token)
-    return L2Spec(variant.kind, directory=str(run_dir / "kv"))  # the hosts create it together
+        yield L2Spec(REST, base_url=server.base_url, account_id=server.account_id,
+                     namespace_id=server.namespace_id, api_token=server.api_token)
+    elif variant.kind == GATEWAY:  # a workerd of its own: empty KV, its distance, a new secret
+        secret = secrets.token_hex(32)
+        with WorkerGateway({"SECRET": secret,
+                            "DELAY_MS": str(variant.latency_ms or 0)}) as gateway:
+            yield L2Spec(GATEWAY, base_url=gateway.url, secret=secret)
+    else:
+        yield L2Spec(variant.kind, directory=str(run_dir / "kv"))  # the hosts create it together
 
 
 def _receive(pipe: Connection, tag: str) -> Any:
@@ -143,7 +156,13 @@ def run_variant(env: Environment, variant: Variant, ops: Sequence[Sequence[Op]],
     """Both hosts of one variant: started in processes of their own, released together, their
     reports and the KV requests they caused collected."""
     run_dir = env.workdir / f"run{index}"
-    l2 = _l2(env, variant, run_dir)
+    with _l2(env, variant, run_dir) as l2:
+        return _run_hosts(env, variant, ops, index, l2)
+
+
+def _run_hosts(env: Environment, variant: Variant, ops: Sequence[Sequence[Op]], index: int,
+               l2: L2Spec) -> RunResult:
+    run_dir = env.workdir / f"run{index}"
     context = multiprocessing.get_context("spawn")
     gate = context.Barrier(len(ops) + 1, timeout=HOST_TIMEOUT)
     pipes: List[Connection] = []
@@ -206,7 +225,7 @@ def run(mode: Mode, seed_base: int, command: str) -> WorkloadReport:
         log(f"seeding schema {env.schema}")
         prepare(env, sequence(seed_base + HOSTS, WARMUP_OPS, mix))
         runs = []
-        for index, variant in enumerate(variants(mode.distances_ms)):
+        for index, variant in enumerate(variants(mode)):
             log(f"{variant.name}: {HOSTS} hosts × {mode.ops:,} operations")
             begun = time.monotonic()
             runs.append(run_variant(env, variant, ops, index))
@@ -218,11 +237,13 @@ def run(mode: Mode, seed_base: int, command: str) -> WorkloadReport:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK.ops} operations per host, L2 distances "
-                             f"{', '.join(map(str, QUICK.distances_ms))} ms; prints only")
+                        help=f"{QUICK.ops} operations per host, REST L2 distances "
+                             f"{', '.join(map(str, QUICK.distances_ms))} ms, gateway "
+                             f"{', '.join(map(str, QUICK.gateway_ms))} ms; prints only")
     parser.add_argument("--ops", type=int, help="operations per host (default: by mode)")
     parser.add_argument("--distances", type=int, nargs="+", metavar="MS",
-                        help="REST L2 distances to sweep, ms (default: by mode)")
+                        help="REST and gateway L2 distances to sweep, ms (default: by mode: "
+                             "quick runs the gateway at 40 ms only)")
     parser.add_argument("--seed", type=int, default=11, help="first host's seed (default 11)")
     parser.add_argument("--no-write", action="store_true",
                         help=f"print only; do not write {RESULTS.name}")
@@ -238,7 +259,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     base = QUICK if args.quick else FULL
-    mode = Mode(args.ops or base.ops, tuple(args.distances or base.distances_ms))
+    distances = tuple(args.distances or ())
+    mode = Mode(args.ops or base.ops, distances or base.distances_ms,
+                distances or base.gateway_ms)
+    if mode.gateway_ms and missing_parts():
+        log(f"the gateway L2 cannot run here: {missing_parts()}")
+        return 2
     command = " ".join(["python benchmarks/workload.py", *argv])
     report = run(mode, args.seed, command)
     text = render(report)

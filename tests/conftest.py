@@ -100,19 +100,12 @@ def workerd_gateway() -> Iterator[Any]:
 
 
 @pytest.fixture
-def http_sent(monkeypatch) -> List[str]:
-    """Every HTTP request this process sends through ``requests`` (any thread; urllib3's retries
-    aside), as "METHOD path": counted where they leave, not by trusting the code that sends."""
-    from requests.adapters import HTTPAdapter
-    sent: List[str] = []
-    send = HTTPAdapter.send
-
-    def counting(self: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(f"{request.method} {request.path_url.split('?')[0]}")
-        return send(self, request, *args, **kwargs)
-
-    monkeypatch.setattr(HTTPAdapter, "send", counting)
-    return sent
+def http_sent() -> Iterator[List[str]]:
+    """Every HTTP request this process sends through ``requests`` (any thread), as
+    "METHOD path": counted where they leave, not by trusting the code that sends."""
+    from peewee_kvcache.testing.workerd import SentRequests
+    with SentRequests() as counter:
+        yield counter.sent
 
 
 @pytest.fixture

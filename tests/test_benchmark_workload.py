@@ -3,8 +3,9 @@
 variant and L2 distance and the two ideal caches, with numbers that make sense (no speed is
 asserted: that is the benchmark's job), and writes nothing.
 
-The run needs PostgreSQL, whose absence skips locally and fails in CI, as for every
-service-backed test; nothing of the ``bench`` extra."""
+The run needs PostgreSQL and (for the gateway L2) Node.js with the Worker's npm packages, whose
+absence skips locally and fails in CI, as for every service-backed test; nothing of the
+``bench`` extra."""
 from __future__ import annotations
 
 import re
@@ -16,6 +17,8 @@ from typing import Dict, List
 
 import pytest
 
+from peewee_kvcache.testing.workerd import missing_parts
+from tests.conftest import service_missing
 from tests.test_benchmark_smoke import modified_at, require_postgres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +29,9 @@ from pkvbench.mix import Mix, Op, sequence  # noqa: E402
 SCRIPT = REPO / "benchmarks" / "workload.py"
 RESULTS = REPO / "benchmarks" / "workload_results.md"
 ROWS = [("no cache", ""), ("embedded L2", "in process"), ("REST L2", "loopback"),
-        ("REST L2", "+40 ms"), ("ideal, one shared store", ""), ("ideal, a store per host", "")]
+        ("REST L2", "+40 ms"), ("gateway L2", "+40 ms"), ("ideal, one shared store", ""),
+        ("ideal, a store per host", "")]
+CACHED = slice(1, 5)  # the cached runs' rows
 
 
 
@@ -74,9 +79,12 @@ def number(cell: str) -> float:
     return float(re.sub(r"[×,%]", "", cell.split()[0]))
 
 
-@pytest.mark.slow  # two hosts × four variants: ~15 s alone, more on a busy machine
+@pytest.mark.slow  # two hosts × five variants: ~25 s alone, more on a busy machine
 def test_quick_workload_benchmark_prints_every_variant_with_sane_numbers():
     require_postgres()
+    reason = missing_parts()
+    if reason:
+        service_missing("the KV gateway Worker (workerd)", RuntimeError(reason))
     before = modified_at(RESULTS)
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick"], cwd=REPO,
                           capture_output=True, text=True, timeout=240)
@@ -88,23 +96,26 @@ def test_quick_workload_benchmark_prints_every_variant_with_sane_numbers():
     for row in rows:
         assert number(row["time, s (both hosts)"]) > 0, row
     assert rows[0]["speed-up vs no cache"] == "1.00×"
-    for row in rows[1:4]:  # the cached runs
+    for row in rows[CACHED]:
         assert 0 < number(row["of shared ideal"]) < 5, row
         assert 0 < number(row["of per-host ideal"]) < 5, row
         assert 0 < number(row["reads served from cache"]) <= 100, row
         assert number(row["KV requests / 1,000 ops"]) > 0, row  # every write sweeps L2
-    for row in rows[4:]:  # the ideals
+    for row in rows[CACHED.stop:]:  # the ideals
         assert number(row["speed-up vs no cache"]) > 0, row
         assert 0 < number(row["reads served from cache"]) <= 100, row
 
     paths = section(done.stdout, "Per-path ratios")
-    assert [(r["variant"], r["L2 distance"]) for r in paths] == ROWS[1:4]
+    assert [(r["variant"], r["L2 distance"]) for r in paths] == ROWS[CACHED]
     writes = [row["write / uncached write (≤ 1.2)"] for row in paths]
     assert all(number(ratio) > 0 for ratio in writes), writes
     counts = {re.findall(r"\((\d+)\)", ratio)[0] for ratio in writes}
     assert len(counts) == 1, writes  # the same sequence in every run: the same writes
 
     requests = section(done.stdout, "KV requests")
-    assert [r["drained"] for r in requests] == ["yes"] * 3
+    assert [r["drained"] for r in requests] == ["yes"] * 4
+    gateway = requests[-1]  # its sweeps are one request each: /v1/sweep, never a list
+    assert gateway["variant"] == "gateway L2" and number(gateway["/v1/sweep"]) > 0, gateway
+    assert gateway.get("/v1/keys", "0") == "0" and gateway.get("list", "0") == "0", gateway
     counters = {r["get_stats(), both hosts"]: r for r in section(done.stdout, "Cache counters")}
     assert {"hits", "misses", "stores", "invalidations"} <= set(counters)

@@ -5,7 +5,8 @@ the L2 the run shares between hosts, or plain Peewee for the no-cache baseline.
 It replays its operation sequence, timing each operation alone and telling from the cache's
 counters, outside the timed region, which level served it. Then it waits for its background L2
 work, reports, waits while the coordinator reads the KV server's request counts, and only then
-reads ``get_stats()`` (whose L2 listing would add requests)."""
+reads ``get_stats()`` (whose L2 listing would add requests). Over the KV gateway Worker the host
+counts its own HTTP requests per endpoint as they leave (``SentRequests``)."""
 from __future__ import annotations
 
 import threading
@@ -21,11 +22,13 @@ import peewee
 from peewee_kvcache import (CachedPostgresqlDatabase, CloudflareKVCache, CloudflareKVNamespace,
                             LocalKVNamespace)
 from peewee_kvcache.kv.base import KVNamespace
+from peewee_kvcache.kv.worker import CloudflareWorkerKVNamespace
+from peewee_kvcache.testing.workerd import SentRequests
 
 from .mix import WARM_UP, Op, execute, query
 from .workload import MODELS, PG, PG_DATABASE
 
-NO_CACHE, EMBEDDED, REST = "none", "embedded", "rest"
+NO_CACHE, EMBEDDED, REST, GATEWAY = "none", "embedded", "rest", "gateway"
 DRAIN_TIMEOUT = 120.0  # seconds a host waits for its background L2 work before reporting
 #: what served a read (from the counters that moved) or what an operation was
 MEMORY, L1, L1_RECHECKED, L2, MISS, DATABASE, WRITE = (
@@ -34,7 +37,8 @@ MEMORY, L1, L1_RECHECKED, L2, MISS, DATABASE, WRITE = (
 
 @dataclass(frozen=True)
 class L2Spec:
-    """The L2 a run's hosts share: none, a LocalKVNamespace directory, or the KV server."""
+    """The L2 a run's hosts share: none, a LocalKVNamespace directory, the KV server, or the
+    gateway Worker in local workerd (``base_url`` and ``secret``: the run's own, test-only)."""
 
     kind: str
     directory: str = ""
@@ -42,6 +46,10 @@ class L2Spec:
     account_id: str = ""
     namespace_id: str = ""
     api_token: str = ""
+    secret: str = ""
+
+    def __repr__(self) -> str:  # neither the token nor the secret
+        return f"L2Spec(kind={self.kind!r}, directory={self.directory!r}, url={self.base_url!r})"
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class HostReport:
     records: List[OpRecord]
     wall_s: float
     drained: bool  # its background L2 work finished within the drain timeout
-    kv_calls: Dict[str, int] = field(default_factory=dict)  # embedded L2: namespace calls
+    kv_calls: Dict[str, int] = field(default_factory=dict)  # embedded: calls; gateway: requests
     stats: Dict[str, Any] = field(default_factory=dict)  # get_stats().as_dict()
 
 
@@ -132,6 +140,8 @@ def _open(spec: HostSpec) -> Tuple[peewee.Database, Optional[CloudflareKVCache]]
     namespace: KVNamespace
     if l2.kind == EMBEDDED:
         namespace = CountingNamespace(l2.directory)
+    elif l2.kind == GATEWAY:  # the gateway's client: no request budget by default
+        namespace = CloudflareWorkerKVNamespace(l2.base_url, l2.secret)
     else:  # the REST client with its default request budget
         namespace = CloudflareKVNamespace(l2.account_id, l2.namespace_id, l2.api_token,
                                           base_url=l2.base_url)
@@ -162,33 +172,47 @@ def replay(ops: Tuple[Op, ...], cache: Optional[CloudflareKVCache]) -> List[OpRe
     return records
 
 
-def _warm_up(cache: Optional[CloudflareKVCache]) -> None:
+def _warm_up(cache: Optional[CloudflareKVCache], sent: SentRequests) -> None:
     """What a process pays once, outside the sequence: imports and analysis done on first use,
     the NOTIFY listener started by the first cached read. A read and a write of the page-view
     counter (no read of the sequence depends on it); their L2 work is drained, their KV calls
-    forgotten."""
+    and requests forgotten."""
     for op in WARM_UP:
         execute(op, cache is not None)
     if cache is not None:
         cache.drain(DRAIN_TIMEOUT)
         if isinstance(cache.namespace, CountingNamespace):
             cache.namespace.calls.clear()
+    sent.sent.clear()
+
+
+def _kv_calls(cache: Optional[CloudflareKVCache], sent: SentRequests) -> Dict[str, int]:
+    """What this host counted of its L2 traffic: the embedded namespace's calls, the gateway's
+    requests per endpoint; nothing for the REST client (the KV server counts those)."""
+    namespace = cache.namespace if cache is not None else None
+    if isinstance(namespace, CountingNamespace):
+        return dict(namespace.calls)
+    return sent.by_path() if isinstance(namespace, CloudflareWorkerKVNamespace) else {}
 
 
 def _run(spec: HostSpec, gate: Any, conn: Connection) -> None:
+    with SentRequests() as sent:
+        _run_counted(spec, gate, conn, sent)
+
+
+def _run_counted(spec: HostSpec, gate: Any, conn: Connection, sent: SentRequests) -> None:
     db, cache = _open(spec)
     try:
         with db.bind_ctx(MODELS):
             db.connect()
-            _warm_up(cache)
+            _warm_up(cache, sent)
             gate.wait()  # every host warmed up: the coordinator zeroes the KV server's counts
             gate.wait()  # go, together
             began = time.perf_counter()
             records = replay(spec.ops, cache)
             wall = time.perf_counter() - began
             drained = cache.drain(DRAIN_TIMEOUT) if cache is not None else True
-            namespace = cache.namespace if cache is not None else None
-            calls = dict(namespace.calls) if isinstance(namespace, CountingNamespace) else {}
+            calls = _kv_calls(cache, sent)
             conn.send(("done", HostReport(spec.index, records, wall, drained, calls)))
             gate.wait()  # the coordinator has read the KV server's counts
             conn.send(("stats", cache.get_stats().as_dict() if cache is not None else {}))

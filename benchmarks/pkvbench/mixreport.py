@@ -9,8 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .host import (DATABASE, EMBEDDED, L1, L1_RECHECKED, L2, MEMORY, MISS, NO_CACHE, REST,
-                   WRITE, HostReport, OpRecord)
+from .host import (DATABASE, EMBEDDED, GATEWAY, L1, L1_RECHECKED, L2, MEMORY, MISS, NO_CACHE,
+                   REST, WRITE, HostReport, OpRecord)
 from .ideal import IdealResult, ideal
 from .markdown import Target, at_least, at_most, table
 from .mix import HEAVY_AUTHORS, HEAVY_VARIANTS, JOIN_ROWS, KINDS, READ_KINDS, Mix, Op
@@ -24,12 +24,12 @@ CLASSES = (MEMORY, L1, L1_RECHECKED, L2, MISS, NEW_MISS, WRITE, DATABASE)
 @dataclass(frozen=True)
 class Variant:
     label: str
-    kind: str  # host.NO_CACHE, EMBEDDED or REST
-    latency_ms: Optional[int] = None  # REST: the KV server's injected latency
+    kind: str  # host.NO_CACHE, EMBEDDED, REST or GATEWAY
+    latency_ms: Optional[int] = None  # REST: the KV server's injected latency; GATEWAY: DELAY_MS
 
     @property
     def distance(self) -> str:
-        if self.kind != REST:
+        if self.kind not in (REST, GATEWAY):
             return "in process" if self.kind == EMBEDDED else ""
         return "loopback" if not self.latency_ms else f"+{self.latency_ms} ms"
 
@@ -317,6 +317,9 @@ baseline is plain `peewee.PostgresqlDatabase` on the same tables, same sequence.
   `CloudflareKVNamespace` with its default `RequestBudget` (1,200 requests / 5 min per host) on
   the project's Cloudflare-compatible KV server, every request delayed by the distance shown
   (`KVServer(latency=...)`); a fresh server store, L1 directories and key prefix per run.
+  **gateway L2**: `CloudflareWorkerKVNamespace` (no request budget) on the project's KV gateway
+  Worker (`worker/`) running in local workerd through Miniflare, every request delayed by the
+  distance shown (its test-only `DELAY_MS` binding); a fresh workerd (empty KV) per run.
 - **time**: the sum of both hosts' per-operation times (building the query, running it,
   materialising its rows); **wall**: the slower host, first operation to last. Background L2
   writes are drained after the last operation, untimed; their requests are counted. Before the
@@ -333,8 +336,9 @@ baseline is plain `peewee.PostgresqlDatabase` on the same tables, same sequence.
 - Per-path ratios: the median, over operations of that class, of (this run's time ÷ the same
   operation's time in the no-cache run) — the target applies to it; then Σ: their summed time ÷
   the same operations' summed time uncached (what they cost in total); the count in parentheses.
-- KV requests: counted by the KV server per endpoint (REST); for the embedded L2, calls of the
-  `KVNamespace` interface counted in each host.
+- KV requests: counted by the KV server per endpoint (REST); for the gateway, each host's HTTP
+  requests per endpoint (`/v1/...`) counted as they leave its HTTP adapter; for the embedded
+  L2, calls of the `KVNamespace` interface counted in each host.
 """
 
 

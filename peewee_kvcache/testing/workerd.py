@@ -16,7 +16,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import IO, Any, Dict, Optional
+from collections import Counter
+from typing import IO, Any, Dict, List, Optional, cast
+
+from requests.adapters import HTTPAdapter
 
 from ..kv.worker import CloudflareWorkerKVNamespace
 
@@ -128,6 +131,36 @@ class WorkerGateway:
             namespace.sweep({"": 2**53 - 1}, scope="")
         finally:
             namespace.close()
+
+
+class SentRequests:
+    """Every HTTP request this process sends through ``requests`` while entered (any thread;
+    urllib3's retries aside), as "METHOD /path": the gateway's requests counted where they leave,
+    not by trusting the code that sends them, as KVServer counts the REST API's where they
+    arrive."""
+
+    def __init__(self) -> None:
+        self.sent: List[str] = []
+        self._original: Any = None
+
+    def __enter__(self) -> "SentRequests":
+        original, sent = HTTPAdapter.send, self.sent
+
+        def counting(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(f"{request.method} {request.path_url.split('?')[0]}")
+            return original(adapter, request, *args, **kwargs)
+
+        self._original = original
+        # every session and thread of the process: a patch of the class, on purpose
+        HTTPAdapter.send = cast(Any, counting)  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        HTTPAdapter.send = self._original  # type: ignore[method-assign]
+
+    def by_path(self) -> Dict[str, int]:
+        """Requests per path (each gateway endpoint has one method)."""
+        return dict(Counter(line.partition(" ")[2] for line in self.sent))
 
 
 def start_for_tests(bindings: Dict[str, str], **kwargs: Any) -> WorkerGateway:
