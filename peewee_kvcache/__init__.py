@@ -20,22 +20,27 @@ from .orm.query import with_cache
 
 if TYPE_CHECKING:
     from .kv.cloudflare import CloudflareKVNamespace
+    from .kv.worker import CloudflareWorkerKVNamespace
 
 _install()
 
 
 def __getattr__(name: str) -> Any:
-    """``CloudflareKVNamespace`` is imported when first asked for: it loads requests and urllib3
-    (some 50 ms), which an application on the local KV never needs."""
+    """``CloudflareKVNamespace`` and ``CloudflareWorkerKVNamespace`` are imported when first asked
+    for: they load requests and urllib3 (some 50 ms), which an application on the local KV never
+    needs."""
     if name == "CloudflareKVNamespace":
         from .kv.cloudflare import CloudflareKVNamespace
         return CloudflareKVNamespace
+    if name == "CloudflareWorkerKVNamespace":
+        from .kv.worker import CloudflareWorkerKVNamespace
+        return CloudflareWorkerKVNamespace
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "CachedDatabase", "CachedPostgresqlDatabase", "CachedPooledPostgresqlDatabase",
     "CachedSqliteDatabase", "CachedMySQLDatabase", "CloudflareKVCache", "LocalKVNamespace",
-    "CloudflareKVNamespace", "RequestBudget",
+    "CloudflareKVNamespace", "CloudflareWorkerKVNamespace", "RequestBudget",
     "CacheConfig", "CachedResult", "CacheStats", "with_cache",
 ]

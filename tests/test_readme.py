@@ -39,9 +39,15 @@ def test_the_readme_has_samples():
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_sample_runs(index, tmp_path, monkeypatch):
+def test_python_sample_runs(index, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if "CloudflareWorkerKVNamespace" in PYTHON_BLOCKS[index]:  # from_env(): the gateway Worker
+        from tests.conftest import WORKERD_SECRET
+        gateway = request.getfixturevalue("workerd_gateway")
+        gateway.clear()
+        monkeypatch.setenv("PEEWEE_KVCACHE_WORKER_URL", gateway.url)
+        monkeypatch.setenv("PEEWEE_KVCACHE_WORKER_SECRET", WORKERD_SECRET)
     with KVServer(tmp_path / "kv-server") as server:  # for CloudflareKVNamespace.from_env()
         monkeypatch.setenv("CLOUDFLARE_ACCOUNT_ID", server.account_id)
         monkeypatch.setenv("CLOUDFLARE_KV_NAMESPACE_ID", server.namespace_id)
