@@ -370,7 +370,8 @@ def test_databases_sharing_namespace_and_l1_never_see_each_others_results(
         db, bind, backend, make_cache, request, tmp_path):
     bind(User)
     User.create(name="alice")
-    other_cache = make_cache(l1_reads="always", l2_reads="always")  # the same L1 directory and namespace
+    # the same L1 directory and namespace
+    other_cache = make_cache(l1_reads="always", l2_reads="always")
     assert other_cache.l1.directory == db.cache.l1.directory
     with second_database(backend, request, tmp_path, other_cache) as other:
         with other.bind_ctx([User], bind_refs=False, bind_backrefs=False):
@@ -619,7 +620,8 @@ def test_default_cache_lives_in_the_per_user_cache_dir(tmp_path, monkeypatch):
 
 
 def test_pooled_postgresql_end_to_end(make_cache, pg_schema):
-    cache = make_cache(l1_reads="always", l2_reads="always")  # its last read checks L2's answer, not its cost
+    # its last read checks L2's answer, not its cost
+    cache = make_cache(l1_reads="always", l2_reads="always")
     db = CachedPooledPostgresqlDatabase("test", cache=cache, max_connections=4,
                                         options=f"-c search_path={pg_schema}", **PG)
     db.bind([User], bind_refs=False, bind_backrefs=False)

@@ -505,7 +505,8 @@ def test_under_a_users_freeze_time_an_entry_lives_its_ttl_and_reaches_l2(
         clock.tick(20)                                       # past l1_max_age: L2 confirms it
         assert names(query) == ["alice"]
         other = CachedSqliteDatabase(str(tmp_path / "ttl.db"),
-                                     cache=make_cache("l1-other", l1_reads="always", l2_reads="always"))
+                                     cache=make_cache("l1-other", l1_reads="always",
+                                                      l2_reads="always"))
         with other.bind_ctx([User]):                         # a host with an empty L1
             assert names(names_query(ex=30)) == ["alice"]
             assert other.cache.get_stats().l2_hits == 1

@@ -15,7 +15,8 @@ class Person(peewee.Model):
 
 @pytest.fixture
 def db(make_cache, tmp_path):
-    database = CachedSqliteDatabase(str(tmp_path / "e.db"), cache=make_cache(l1_reads="always", l2_reads="always"))
+    database = CachedSqliteDatabase(str(tmp_path / "e.db"),
+                                    cache=make_cache(l1_reads="always", l2_reads="always"))
     database.bind([Person])
     database.create_tables([Person])
     Person.create(name="ann")

@@ -45,7 +45,8 @@ def distinct_miss(i: int):
                                    Fault("timeout", endpoint="get", delay=2.0)],
                          ids=["status-503", "timeout"])
 def test_a_failed_l1_recheck_is_the_querys_only_kv_read(fault, server, kv_cache, make_db):
-    cache = kv_cache(l1_max_age=0.2, l1_reads="always", l2_reads="always")  # an aged entry is re-checked on the path
+    # an aged entry is re-checked on the path
+    cache = kv_cache(l1_max_age=0.2, l1_reads="always", l2_reads="always")
     db = make_db(cache)
     Item.create(name="a")
     assert names() == ["a"]
@@ -77,7 +78,8 @@ def test_an_l1_recheck_that_finds_nothing_is_not_followed_by_another_read(server
 
 def test_reads_failing_open_the_read_breaker_while_background_writes_succeed(server, kv_cache,
                                                                             make_db):
-    cache = kv_cache(breaker_fail_max=3, breaker_reset_timeout=60, l1_reads="always", l2_reads="always")
+    cache = kv_cache(breaker_fail_max=3, breaker_reset_timeout=60, l1_reads="always",
+                     l2_reads="always")
     make_db(cache)
     Item.create(name="a")
     assert cache.drain(10)
@@ -95,7 +97,8 @@ def test_reads_failing_open_the_read_breaker_while_background_writes_succeed(ser
 
 
 def test_background_writes_failing_do_not_stop_query_path_reads(server, kv_cache, make_db):
-    cache = kv_cache(breaker_fail_max=2, breaker_reset_timeout=60, l1_reads="always", l2_reads="always")
+    cache = kv_cache(breaker_fail_max=2, breaker_reset_timeout=60, l1_reads="always",
+                     l2_reads="always")
     make_db(cache)
     Item.create(name="a")
     assert names() == ["a"]

@@ -286,7 +286,8 @@ def test_a_recheck_does_not_order_results_by_two_hosts_clocks(make_cache, tmp_pa
     created at H's T+2; D's write sweeps it and D stores E', created at D's T+0.5. E' is newer,
     though its creation time is smaller: a re-check must keep L2's entry, not confirm X."""
     path = str(tmp_path / "app.db")
-    options = dict(l1_max_age=10.0, max_put_delay=0.5, clock_skew=2.0, l1_reads="always", l2_reads="always")
+    options = dict(l1_max_age=10.0, max_put_delay=0.5, clock_skew=2.0, l1_reads="always",
+                   l2_reads="always")
     h = CachedSqliteDatabase(path, cache=make_cache("l1-h", **options))
     d = CachedSqliteDatabase(path, cache=make_cache("l1-d", **options))
 
