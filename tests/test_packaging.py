@@ -211,3 +211,7 @@ def test_the_sdist_builds_the_same_package_and_holds_the_license(built):
     assert {"LICENSE", "README.md", "setup.py", "pyproject.toml", "peewee_kvcache/py.typed",
             "peewee_kvcache/_version.py"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "examples/"))]
+    # the KV gateway Worker, ready to deploy, without any installed npm package
+    assert {"worker/src/index.js", "worker/wrangler.toml.example", "worker/package.json",
+            "worker/package-lock.json"} <= set(names)
+    assert not [n for n in names if n.startswith("worker/node_modules")]
