@@ -85,6 +85,21 @@ def test_l1_is_read_for_a_new_shape_and_skipped_where_it_never_has_the_answer():
     assert all(costs.ask(L1, "point lookup") for _ in range(20))
 
 
+def test_each_level_explores_one_miss_in_16_when_a_miss_asks_both_in_turn():
+    """A lookup asks L1, then L2, on every miss: a count of exploring asks shared by the two
+    would give L1 every even number and L2 only odd ones, so L2 would never look again."""
+    costs = CostModel(explore_every=16)
+    costs.db_ran("q", 5.0)
+    for _ in range(30):  # neither level has it now, both could pay
+        costs.read(L1, "q", 0.05, found=False)
+        costs.read(L2, "q", 2.0, found=False)
+    asked = {L1: 0, L2: 0}
+    for _ in range(160):
+        for level in (L1, L2):
+            asked[level] += costs.ask(level, "q")
+    assert asked == {L1: 10, L2: 10}
+
+
 def test_always_asks_a_level_on_every_miss_but_still_measures():
     costs = CostModel(always_l1=True, always_l2=True)
     costs.db_ran("q", 0.01)

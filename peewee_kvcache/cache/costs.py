@@ -47,13 +47,16 @@ class _Shape:
 
 
 class _Level:
-    """One level's read latency, and whether it is asked whatever the estimates."""
+    """One level's read latency, whether it is asked whatever the estimates, and its own count
+    of exploring asks (a count shared by the levels, taken once by each on every miss, would
+    give one level every even number and the other only odd ones: it would never explore)."""
 
     def __init__(self, always: bool, unknown_shape_asks: bool) -> None:
         self.always = always
         self.unknown_shape_asks = unknown_shape_asks
         #: the level's read latency (ms) as last measured; None until a read reached it
         self.ms: Optional[float] = None
+        self.explored = itertools.count()
 
 
 class CostModel:
@@ -67,7 +70,6 @@ class CostModel:
                         _Level(always_l2, unknown_shape_asks=False))
         self._max_shapes = max_shapes
         self._explore_every = explore_every
-        self._explored = itertools.count()
         #: no entry until the database ran the shape
         self._shapes: Dict[Hashable, _Shape] = {}
         forksafe.after_fork_in_child(self._after_fork)
@@ -95,9 +97,9 @@ class CostModel:
         if self.would_ask(level, shape):
             return True
         known = self._shapes.get(shape)
-        ms = self._levels[level].ms
-        return (known is not None and ms is not None and ms < known.db_ms
-                and next(self._explored) % self._explore_every == 0)
+        costs = self._levels[level]
+        return (known is not None and costs.ms is not None and costs.ms < known.db_ms
+                and next(costs.explored) % self._explore_every == 0)
 
     def would_ask(self, level: int, shape: Optional[Hashable]) -> bool:
         """:meth:`ask` without its occasional exploring ask (for ``explain``)."""
