@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 import traceback
 from typing import Any, Dict, Iterator, List, Optional
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -178,6 +181,38 @@ def test_an_oversized_request_is_refused_before_it_is_read(gateway):
     response = raw(gateway, "POST", "/v1/delete", body)
     assert error(response) == (413, codes.ERR_PAYLOAD_TOO_LARGE)
     assert str(MAX_BODY_BYTES) in response.json()["errors"][0]["message"]
+
+
+def unended_chunked_post(gateway: WorkerGateway, headers: bytes, chunks: int) -> bytes:
+    """The status line the Worker answers a chunked body with while the body is still being
+    sent (``chunks`` MiB, never ended): what it answers before reading all of a body."""
+    url = urlsplit(gateway.url)
+    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/delete HTTP/1.1\r\nHost: gateway\r\n"
+                     b"Transfer-Encoding: chunked\r\n" + headers + b"\r\n")
+
+        def send() -> None:
+            try:
+                for _ in range(chunks):
+                    sock.sendall(b"100000\r\n" + b" " * 0x100000 + b"\r\n")
+            except OSError:  # the Worker refused and closed: what the test expects
+                pass
+
+        threading.Thread(target=send, daemon=True).start()
+        return sock.makefile("rb").readline()
+
+
+def test_a_request_without_authentication_headers_is_refused_before_its_body_is_read(gateway):
+    assert unended_chunked_post(gateway, b"", 1).startswith(b"HTTP/1.1 401")
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(gateway):
+    """Without Content-Length, the Worker stops reading at MAX_BODY_BYTES: no body of any size
+    is held in its 128 MB (the signature, checked after, cannot be valid here)."""
+    headers = (f"{signing.TIMESTAMP}: {int(time.time())}\r\n{signing.NONCE}: "
+               f"nonce-0123456789abcdef\r\n{signing.SIGNATURE}: {'0' * 64}\r\n").encode()
+    chunks = MAX_BODY_BYTES // 0x100000 + 2
+    assert unended_chunked_post(gateway, headers, chunks).startswith(b"HTTP/1.1 413")
 
 
 def test_client_checks_its_arguments():

@@ -68,10 +68,12 @@ function forget(now) {
 }
 
 /**
- * Throws KVLimitError(10000, 401) unless the request is signed with a configured secret within
- * the window, and (for a mutating request) its nonce was not used before in this isolate.
+ * The checks that need no body, made before it is read, so that a request without a configured
+ * SECRET, without well-formed headers or outside the window is refused without reading (and
+ * hashing) up to MAX_BODY_BYTES first. Throws KVLimitError(10000, 401); returns what `verify`
+ * needs.
  */
-export async function authenticate(request, body, env, mutating) {
+export function checkHeaders(request, env) {
   const keys = secrets(env);
   const timestamp = request.headers.get("x-pkv-timestamp");
   const nonce = request.headers.get("x-pkv-nonce");
@@ -86,15 +88,25 @@ export async function authenticate(request, body, env, mutating) {
   if (Math.abs(now / 1000 - Number(timestamp)) > WINDOW_S) {
     throw refuse(`request timestamp is more than ${WINDOW_S} s away from the gateway's clock`);
   }
+  return { keys, timestamp, nonce, signature, now };
+}
+
+/**
+ * Throws KVLimitError(10000, 401) unless the request (its headers passed `checkHeaders`, which
+ * gave `signed`) is signed with a configured secret and, for a mutating request, its nonce was
+ * not used before in this isolate.
+ */
+export async function verify(request, body, signed, mutating) {
+  const { keys, timestamp, nonce, signature, now } = signed;
   const url = new URL(request.url);
   const digest = hex(await crypto.subtle.digest("SHA-256", body));
-  const signed = encoder.encode(["PKV1", timestamp, nonce, request.method,
+  const message = encoder.encode(["PKV1", timestamp, nonce, request.method,
     url.pathname + url.search, digest].join("\n"));
   const given = unhex(signature);
   let valid = false;
   for (const secret of keys) {
     // crypto.subtle.verify compares in constant time
-    if (await crypto.subtle.verify("HMAC", await hmacKey(secret), given, signed)) {
+    if (await crypto.subtle.verify("HMAC", await hmacKey(secret), given, message)) {
       valid = true;
       break;
     }

@@ -16,7 +16,7 @@
 // request that many milliseconds before it is answered, so a benchmark can put the gateway at the
 // same distance as the KV server it compares it with (peewee_kvcache/testing/workerd.py).
 
-import { authenticate } from "./auth.js";
+import { checkHeaders, verify } from "./auth.js";
 import { bulkDelete, bulkPut, listKeys, multiGet } from "./handlers.js";
 import { ERR, KVLimitError, MAX_BODY_BYTES } from "./limits.js";
 import { OpCounter } from "./ops.js";
@@ -40,15 +40,39 @@ function failure(status, code, message) {
   return reply(status, { success: false, errors: [{ code, message }], messages: [], result: null });
 }
 
-/** The body, refused past MAX_BODY_BYTES before it is all held in memory where possible. */
+function tooLarge(size) {
+  return new KVLimitError(`Request body of ${size} bytes exceeds limit of ${MAX_BODY_BYTES}.`,
+    ERR.PAYLOAD_TOO_LARGE, 413);
+}
+
+/**
+ * The body, read as a stream and refused as soon as it passes MAX_BODY_BYTES: a body sent
+ * without Content-Length (chunked) is never held in memory past the limit, whatever its size.
+ */
 async function readBody(request) {
   const declared = Number(request.headers.get("content-length") ?? "0");
-  const tooLarge = (size) => new KVLimitError(`Request body of ${size} bytes exceeds limit of ` +
-    `${MAX_BODY_BYTES}.`, ERR.PAYLOAD_TOO_LARGE, 413);
   if (declared > MAX_BODY_BYTES) throw tooLarge(declared);
-  const body = await request.arrayBuffer();
-  if (body.byteLength > MAX_BODY_BYTES) throw tooLarge(body.byteLength);
-  return body;
+  if (!request.body) return new ArrayBuffer(0);
+  const reader = request.body.getReader();
+  const chunks = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > MAX_BODY_BYTES) {
+      reader.cancel().catch(() => {});
+      throw tooLarge(`more than ${MAX_BODY_BYTES}`);
+    }
+    chunks.push(value);
+  }
+  const body = new Uint8Array(size);
+  let at = 0;
+  for (const chunk of chunks) {
+    body.set(chunk, at);
+    at += chunk.byteLength;
+  }
+  return body.buffer;
 }
 
 function parseJson(body) {
@@ -72,8 +96,9 @@ async function handle(request, env) {
   if (!route) {
     return failure(404, 7000, `No route for ${request.method} ${url.pathname}`);
   }
+  const signed = checkHeaders(request, env);
   const body = await readBody(request);
-  await authenticate(request, body, env, route.mutating);
+  await verify(request, body, signed, route.mutating);
   const ops = new OpCounter(env);
   if (route.query) {
     return reply(200, { success: true, errors: [], messages: [],
