@@ -7,7 +7,6 @@ KV offers them. How requests travel (sessions, retries, envelopes, the token) is
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import time
@@ -15,11 +14,10 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from . import limits
-from .base import (BudgetExhausted, KeyInfo, KVNamespace, KVPair, ListPage, ValueWithMetadata,
-                   chunked)
+from .base import BudgetExhausted, KVNamespace, KVPair, ListPage, ValueWithMetadata, chunked
 from .budget import RequestBudget
-from .transport import (BearerAuth, RestTransport, Timeout, api_error, check_base_url, envelope,
-                        is_missing, parsing)
+from .transport import (BearerAuth, RestTransport, Timeout, api_error, bulk_put_item,
+                        check_base_url, envelope, is_missing, json_batches, list_page, parsing)
 
 __all__ = ["CloudflareKVNamespace", "RequestBudget", "BudgetExhausted", "DEFAULT_BASE_URL"]
 
@@ -31,16 +29,7 @@ _ENV = {"account_id": "CLOUDFLARE_ACCOUNT_ID", "namespace_id": "CLOUDFLARE_KV_NA
 
 def _json_array(items: List[bytes], max_items: int) -> Iterator[bytes]:
     """JSON arrays of pre-encoded items, each within KV's item count and request size limits."""
-    batch: List[bytes] = []
-    size = 2
-    for item in items:
-        if batch and (len(batch) == max_items
-                      or size + len(item) + 1 > limits.BULK_REQUEST_MAX_BYTES):
-            yield b"[" + b",".join(batch) + b"]"
-            batch, size = [], 2
-        batch.append(item)
-        size += len(item) + 1
-    if batch:
+    for batch in json_batches(items, max_items, limits.BULK_REQUEST_MAX_BYTES):
         yield b"[" + b",".join(batch) + b"]"
 
 
@@ -168,18 +157,7 @@ class CloudflareKVNamespace(KVNamespace):
         now = time.time()
         items = []
         for pair in pairs:
-            checked = limits.validate_put(pair.key, pair.value, expiration=pair.expiration,
-                                          expiration_ttl=pair.expiration_ttl,
-                                          metadata=pair.metadata, now=now)
-            item: Dict[str, Any] = {"key": pair.key, "base64": True,
-                                    "value": base64.b64encode(checked.value).decode("ascii")}
-            if pair.expiration_ttl is not None:
-                item["expiration_ttl"] = pair.expiration_ttl
-            elif pair.expiration is not None:
-                item["expiration"] = pair.expiration
-            if pair.metadata is not None:
-                item["metadata"] = pair.metadata
-            items.append(_encode(item))
+            items.append(_encode(bulk_put_item(pair, now)))
         return self._bulk("PUT", "/bulk", items, limits.BULK_WRITE_MAX_ITEMS, write=True)
 
     def bulk_delete(self, keys: Sequence[str]) -> List[str]:
@@ -231,18 +209,7 @@ class CloudflareKVNamespace(KVNamespace):
             yield batch, values
 
     def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:
-        limits.validate_prefix(prefix)
-        params: Dict[str, Any] = {"limit": limits.validate_list_limit(limit)}
-        if prefix:
-            params["prefix"] = prefix
-        if cursor:
-            params["cursor"] = cursor
-        body = envelope(self._rest.call("GET", "/keys", params=params), "list")
-        with parsing("list"):
-            keys = [KeyInfo(str(entry["name"]), entry.get("expiration"), entry.get("metadata"))
-                    for entry in body["result"]]
-            next_cursor = (body.get("result_info") or {}).get("cursor") or None
-        return ListPage(keys, next_cursor)
+        return list_page(self._rest, prefix, limit, cursor)
 
     def close(self) -> None:
         self._rest.close()

@@ -9,6 +9,7 @@ carried by an exception.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import time
@@ -24,8 +25,8 @@ from urllib3.util import Retry
 
 from ..core import forksafe
 from ..core.config import check_number
-from . import codes
-from .base import BudgetExhausted, KVError, KVOutcomeUnknown
+from . import codes, limits
+from .base import BudgetExhausted, KeyInfo, KVError, KVOutcomeUnknown, KVPair, ListPage
 from .budget import RequestBudget
 
 log = logging.getLogger(__name__)
@@ -253,3 +254,51 @@ class RestTransport:
     def close(self) -> None:
         for session in (self._session, self._read_session, self._write_session):
             session.close()
+
+
+def json_batches(items: List[bytes], max_items: int, max_bytes: int) -> Iterator[List[bytes]]:
+    """Pre-encoded JSON items grouped for JSON-array request bodies within an item count and a
+    body size (the REST API's and the gateway Worker's limits differ; the grouping does not)."""
+    batch: List[bytes] = []
+    size = 2
+    for item in items:
+        if batch and (len(batch) == max_items or size + len(item) + 1 > max_bytes):
+            yield batch
+            batch, size = [], 2
+        batch.append(item)
+        size += len(item) + 1
+    if batch:
+        yield batch
+
+
+def list_page(rest: RestTransport, prefix: str, limit: int, cursor: Optional[str]) -> ListPage:
+    """One page of keys: the REST API and the gateway Worker answer ``GET /keys`` alike."""
+    limits.validate_prefix(prefix)
+    params: Dict[str, Any] = {"limit": limits.validate_list_limit(limit)}
+    if prefix:
+        params["prefix"] = prefix
+    if cursor:
+        params["cursor"] = cursor
+    body = envelope(rest.call("GET", "/keys", params=params), "list")
+    with parsing("list"):
+        keys = [KeyInfo(str(entry["name"]), entry.get("expiration"), entry.get("metadata"))
+                for entry in body["result"]]
+        next_cursor = (body.get("result_info") or {}).get("cursor") or None
+    return ListPage(keys, next_cursor)
+
+
+def bulk_put_item(pair: KVPair, now: float) -> Dict[str, Any]:
+    """One pair, checked against KV's limits, as an item of a bulk write: the REST API's shape
+    (a binary value in base64), which the gateway Worker takes as well."""
+    checked = limits.validate_put(pair.key, pair.value, expiration=pair.expiration,
+                                  expiration_ttl=pair.expiration_ttl, metadata=pair.metadata,
+                                  now=now)
+    item: Dict[str, Any] = {"key": pair.key, "base64": True,
+                            "value": base64.b64encode(checked.value).decode("ascii")}
+    if pair.expiration_ttl is not None:
+        item["expiration_ttl"] = pair.expiration_ttl
+    elif pair.expiration is not None:
+        item["expiration"] = pair.expiration
+    if pair.metadata is not None:
+        item["metadata"] = pair.metadata
+    return item

@@ -17,13 +17,14 @@ import base64
 import json
 import os
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import limits
-from .base import KeyInfo, KVError, KVNamespace, KVPair, ListPage, ValueWithMetadata, chunked
+from .base import KVError, KVNamespace, KVPair, ListPage, ValueWithMetadata, chunked
 from .budget import RequestBudget
 from .signing import SignedRequests
-from .transport import RestTransport, Timeout, check_base_url, envelope, parsing
+from .transport import (RestTransport, Timeout, bulk_put_item, check_base_url, envelope,
+                        json_batches, list_page, parsing)
 
 __all__ = ["CloudflareWorkerKVNamespace", "MAX_BODY_BYTES", "BULK_MAX_ITEMS", "URL_VARIABLE",
            "SECRET_VARIABLE"]
@@ -39,20 +40,6 @@ _ENV = {"url": URL_VARIABLE, "secret": SECRET_VARIABLE}
 
 def _encode(item: Any) -> bytes:
     return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
-def _bodies(items: List[bytes]) -> Iterator[List[bytes]]:
-    """Pre-encoded items grouped into requests within the Worker's item and size limits."""
-    batch: List[bytes] = []
-    size = 2
-    for item in items:
-        if batch and (len(batch) == BULK_MAX_ITEMS or size + len(item) + 1 > MAX_BODY_BYTES):
-            yield batch
-            batch, size = [], 2
-        batch.append(item)
-        size += len(item) + 1
-    if batch:
-        yield batch
 
 
 class CloudflareWorkerKVNamespace(KVNamespace):
@@ -160,19 +147,8 @@ class CloudflareWorkerKVNamespace(KVNamespace):
         """Every pair is checked before anything is sent; values travel base64-encoded."""
         now = time.time()
         items: Dict[str, bytes] = {}
-        for pair in pairs:
-            checked = limits.validate_put(pair.key, pair.value, expiration=pair.expiration,
-                                          expiration_ttl=pair.expiration_ttl,
-                                          metadata=pair.metadata, now=now)
-            item: Dict[str, Any] = {"key": pair.key,
-                                    "value": base64.b64encode(checked.value).decode("ascii")}
-            if pair.expiration_ttl is not None:
-                item["expiration_ttl"] = pair.expiration_ttl
-            elif pair.expiration is not None:
-                item["expiration"] = pair.expiration
-            if pair.metadata is not None:
-                item["metadata"] = pair.metadata
-            items[pair.key] = _encode(item)  # a later pair for the same key replaces it (KV)
+        for pair in pairs:  # a later pair for the same key replaces it (as in KV)
+            items[pair.key] = _encode(bulk_put_item(pair, now))
         return self._bulk("/put", items)
 
     def bulk_delete(self, keys: Sequence[str]) -> List[str]:
@@ -188,7 +164,8 @@ class CloudflareWorkerKVNamespace(KVNamespace):
         unsuccessful: List[str] = []
         waiting = list(items)
         while waiting:
-            batch = next(_bodies([items[key] for key in waiting]))
+            batch = next(json_batches([items[key] for key in waiting], BULK_MAX_ITEMS,
+                                      MAX_BODY_BYTES))
             result = self._post(path, b"[" + b",".join(batch) + b"]", write=True)
             with parsing(path):
                 failed = [str(key) for key in result.get("unsuccessful_keys") or []]
@@ -201,18 +178,7 @@ class CloudflareWorkerKVNamespace(KVNamespace):
         return unsuccessful
 
     def list(self, prefix: str = "", limit: int = 1000, cursor: Optional[str] = None) -> ListPage:
-        limits.validate_prefix(prefix)
-        params: Dict[str, Any] = {"limit": limits.validate_list_limit(limit)}
-        if prefix:
-            params["prefix"] = prefix
-        if cursor:
-            params["cursor"] = cursor
-        body = envelope(self._rest.call("GET", "/keys", params=params), "list")
-        with parsing("list"):
-            keys = [KeyInfo(str(entry["name"]), entry.get("expiration"), entry.get("metadata"))
-                    for entry in body["result"]]
-            next_cursor = (body.get("result_info") or {}).get("cursor") or None
-        return ListPage(keys, next_cursor)
+        return list_page(self._rest, prefix, limit, cursor)
 
     def sweep(self, prefixes: Mapping[str, int], *, scope: str) -> List[str]:
         """One request, whatever the number of keys: the Worker lists and deletes (the rule of
