@@ -639,6 +639,15 @@ def test_worker_against_the_gateway_in_workerd(workerd_gateway, tmp_path, env):
     assert all(WORKERD_SECRET not in output for output in outputs)
 
 
+def test_worker_with_a_wrong_secret_says_so_and_exits_1(workerd_gateway, env):
+    """The README's check of a deployment: a wrong secret is one line naming the signature."""
+    wrong = "w" * 40
+    gw = {**env, "PEEWEE_KVCACHE_WORKER_URL": workerd_gateway.url,
+          "PEEWEE_KVCACHE_WORKER_SECRET": wrong}
+    line = one_line_error(run_cli("stats", "--kv", "worker", env=gw), 1)
+    assert line == "peewee-kvcache stats: KV error: invalid request signature"
+
+
 def test_worker_unreachable_is_one_line_and_exit_1(env):
     """With a URL configured the demo uses it, as every command does: it starts nothing."""
     gw = {**env, "PEEWEE_KVCACHE_WORKER_URL": f"http://127.0.0.1:{free_port()}",

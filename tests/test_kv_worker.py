@@ -281,6 +281,25 @@ def test_a_partial_response_says_what_is_left(small_gateway):
                       "unattempted_keys": ["k7", "k8", "k9"]}
 
 
+def test_a_worker_out_of_time_stops_and_the_client_continues(http_sent):
+    """Past its time budget (TIME_BUDGET_MS, test-only: 5 s by default, well within the client's
+    10 s wait) the Worker starts no new KV call and reports what is left, as at its operation
+    limit. With a 1 ms budget each request makes one round of calls (time moves on only while
+    the Worker waits for KV), so a 300-key sweep and a 600-key write take several requests."""
+    worker = start_for_tests({"SECRET": SECRET, "TIME_BUDGET_MS": "1"})
+    try:
+        client = worker.namespace()
+        assert client.bulk_put(entries(300, created=1000)) == []
+        assert http_sent.count("POST /v1/put") > 1
+        assert len(list(client.list_all())) == 600
+        http_sent.clear()
+        assert client.sweep({"pkv:t:b:": 2000}, scope="pkv:") == []
+        assert http_sent.count("POST /v1/sweep") > 1
+        assert list(client.list_all()) == []
+    finally:
+        worker.stop()
+
+
 def test_delay_ms_holds_every_request():
     """The test-only DELAY_MS binding (the benchmark's distance to the gateway) delays each
     request, reads and writes alike, and changes nothing else."""
@@ -341,3 +360,37 @@ def test_from_env(monkeypatch, gateway):
     client = CloudflareWorkerKVNamespace.from_env()
     client.put("env", b"v")
     assert client.get("env") == b"v" and client.url == gateway.url and client.budget is None
+
+
+def test_a_sweep_that_makes_no_progress_is_an_error_not_a_loop():
+    """The project's Worker always makes progress (its first round of KV calls always runs);
+    a deployed Worker of another version that answered a sweep with the very request it was
+    sent would hold the client forever: the client refuses it. The misbehaving gateway here is
+    a plain HTTP server, since the real Worker cannot be made to do it."""
+    import http.server
+
+    class Stuck(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = json.dumps({"success": True, "errors": [], "messages": [],
+                                 "result": {"done": False, "deleted_key_count": 0,
+                                            "unsuccessful_keys": [], "next": body}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = CloudflareWorkerKVNamespace(f"http://127.0.0.1:{server.server_port}", SECRET)
+        with pytest.raises(KVError, match="no progress|the request it was sent"):
+            client.sweep({"pkv:t:a:": 1}, scope="pkv:")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -200,7 +200,10 @@ class CloudflareWorkerKVNamespace(KVNamespace):
                 unsuccessful.extend(str(key) for key in result.get("unsuccessful_keys") or [])
                 if result["done"]:
                     return unsuccessful
-                body = dict(result["next"])
+                resumed = dict(result["next"])
+            if resumed == body:  # a Worker that makes no progress must not hold us forever
+                raise KVError("sweep: the Worker answered with the request it was sent")
+            body = resumed
 
     def close(self) -> None:
         self._rest.close()

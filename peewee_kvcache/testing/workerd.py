@@ -52,9 +52,10 @@ class WorkerGateway:
     """One workerd process serving the gateway Worker with an in-memory KV namespace.
 
     ``bindings`` become the Worker's environment: ``SECRET`` and ``SECRET_PREVIOUS``, and the
-    test-only ``MAX_OPS`` (a lower per-invocation KV operation limit, to force partial work) and
-    ``DELAY_MS`` (every request held that long: a benchmark's distance to the gateway); ``secret``
-    is what :meth:`namespace` signs with (default: the Worker's SECRET)."""
+    test-only ``MAX_OPS`` and ``TIME_BUDGET_MS`` (a lower per-invocation KV operation limit, or
+    time for KV calls, to force partial work) and ``DELAY_MS`` (every request held that long: a
+    benchmark's distance to the gateway); ``secret`` is what :meth:`namespace` signs with
+    (default: the Worker's SECRET)."""
 
     def __init__(self, bindings: Dict[str, str], *, secret: Optional[str] = None,
                  worker_dir: pathlib.Path = WORKER_DIR, startup_timeout: float = 60.0) -> None:

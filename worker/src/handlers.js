@@ -6,7 +6,7 @@ import {
   expiryOptions, validateBulkCount, validateKey, validateListLimit, validateMetadata,
   validatePrefix,
 } from "./limits.js";
-import { settleAll } from "./ops.js";
+import { settleWhileBudget } from "./ops.js";
 
 function base64(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -97,9 +97,8 @@ export async function bulkDelete(kv, body, ops) {
 
 /** One op per key while the budget lasts: per-key failures and the keys not attempted. */
 async function partial(keys, ops, call) {
-  const count = Math.min(keys.length, Math.max(0, ops.left));
-  ops.take(count);
-  const results = await settleAll([...Array(count).keys()], call);
+  const results = await settleWhileBudget([...keys.keys()], call, ops);
+  const count = results.length;
   const unsuccessful = keys.filter((_, i) => i < count && results[i].status === "rejected");
   return {
     successful_key_count: count - unsuccessful.length,

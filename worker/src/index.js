@@ -12,9 +12,10 @@
 //   POST /v1/sweep    {prefixes: {prefix: before_ms}, scope, cursor?, pending?}
 //
 // Bindings: KV (the namespace), SECRET (and SECRET_PREVIOUS while rotating; see auth.js).
-// Test-only bindings, never set in production: MAX_OPS (ops.js) and DELAY_MS, which holds every
-// request that many milliseconds before it is answered, so a benchmark can put the gateway at the
-// same distance as the KV server it compares it with (peewee_kvcache/testing/workerd.py).
+// Test-only bindings, never set in production: MAX_OPS and TIME_BUDGET_MS (ops.js), and DELAY_MS,
+// which holds every request that many milliseconds before it is answered, so a benchmark can put
+// the gateway at the same distance as the KV server it compares it with
+// (peewee_kvcache/testing/workerd.py).
 
 import { checkHeaders, verify } from "./auth.js";
 import { bulkDelete, bulkPut, listKeys, multiGet } from "./handlers.js";

@@ -6,7 +6,7 @@
 // starts with the request's scope. Later results are fresh and stay.
 
 import { validateKey, validatePrefix, KVLimitError, ERR, SWEEP_MAX_PREFIXES } from "./limits.js";
-import { settleAll } from "./ops.js";
+import { settleWhileBudget } from "./ops.js";
 
 /** The keys one listed key condemns under `beforeMs` (the rule above). */
 export function doomedKeys(name, metadata, beforeMs, scope) {
@@ -60,15 +60,13 @@ export async function sweep(kv, body, ops) {
   let deleted = 0;
   for (;;) {
     pending = [...new Set(pending)].filter((key) => !seen.has(key));
-    const now = pending.slice(0, Math.max(0, ops.left));
-    ops.take(now.length);
-    const results = await settleAll(now, (key) => kv.delete(key));
+    const results = await settleWhileBudget(pending, (key) => kv.delete(key), ops);
     results.forEach((result, i) => {
-      seen.add(now[i]);
+      seen.add(pending[i]);
       if (result.status === "fulfilled") deleted++;
-      else unsuccessful.push(now[i]);
+      else unsuccessful.push(pending[i]);
     });
-    pending = pending.slice(now.length);
+    pending = pending.slice(results.length);
     if (pending.length || !entries.length || !ops.take(1)) break;
     const [prefix, beforeMs] = entries[0];
     const page = await kv.list({ prefix, cursor, limit: 1000 });
