@@ -186,3 +186,25 @@ def test_concurrent_first_reads_start_one_listener(make_cache, request, tmp_path
     finally:
         for listener in made:
             listener.stop()
+
+
+def test_stopping_the_listener_wakes_it_at_once(make_cache, request, tmp_path, monkeypatch):
+    """stop() (a database closed, a test's teardown, the CLI's exit) ends the LISTEN thread and
+    its connection at once, not at the thread's next poll: with a 60 s poll it still has."""
+    class SlowPoll(notify_module.Listener):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "poll_s": 60.0})
+            self.alive_after_join: List[bool] = []
+
+        def stop(self) -> None:
+            self.request_stop()
+            assert self._thread is not None
+            self._thread.join(30)
+            self.alive_after_join.append(self._thread.is_alive())
+
+    monkeypatch.setattr(notify_module, "Listener", SlowPoll)
+    db = open_database("postgres", make_cache(), request, tmp_path)
+    listener = db.start_listener()
+    assert listener.wait_ready(5)
+    db.stop_listener()
+    assert listener.alive_after_join == [False]  # ended well before the join's 30 s

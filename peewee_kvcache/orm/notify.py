@@ -26,6 +26,7 @@ import contextvars
 import json
 import logging
 import select
+import socket
 import threading
 import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
@@ -117,6 +118,8 @@ class Listener:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        #: a socket pair the thread waits on beside its connection: stop() wakes it at once
+        self._wake: Optional[Tuple[socket.socket, socket.socket]] = None
         self._working = threading.Lock()  # held while evicting (SQLite): fork waits for it
         forksafe.after_fork_in_child(self._after_fork)
         forksafe.hold_across_fork(self, "_working")
@@ -128,6 +131,7 @@ class Listener:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = None
+        self._wake = None
 
     @property
     def needs_start(self) -> bool:
@@ -139,8 +143,9 @@ class Listener:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="peewee-kvcache-listen",
-                                        daemon=True)
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, args=(self._wake,),
+                                        name="peewee-kvcache-listen", daemon=True)
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
@@ -148,19 +153,32 @@ class Listener:
         return self._ready.wait(timeout)
 
     def request_stop(self) -> None:
-        """Ask the thread to end (it closes its connection within ``poll_s``)."""
+        """Ask the thread to end: it wakes at once and closes its connection."""
         self._stop.set()
+        wake = self._wake
+        if wake is not None:
+            try:
+                wake[1].send(b"x")
+            except OSError:  # the thread has ended and closed it
+                pass
 
     def stop(self) -> None:
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(self._poll_s * 2)
 
-    def _run(self) -> None:
+    def _run(self, wake: Tuple[socket.socket, socket.socket]) -> None:
+        try:
+            self._serve(wake[0])
+        finally:
+            for end in wake:
+                end.close()
+
+    def _serve(self, woken: socket.socket) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self._listen()
+                self._listen(woken)
                 backoff = 0.5
             except Exception as exc:  # the thread's top: whatever the driver raises, retry
                 self._ready.clear()
@@ -170,7 +188,7 @@ class Listener:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _listen(self) -> None:
+    def _listen(self, woken: socket.socket) -> None:
         conn = self._connect()
         try:
             conn.autocommit = True
@@ -178,7 +196,7 @@ class Listener:
                 cursor.execute(f'LISTEN "{self._channel}"')
             self._ready.set()
             while not self._stop.is_set():
-                if select.select([conn], [], [], self._poll_s)[0]:
+                if conn in select.select([conn, woken], [], [], self._poll_s)[0]:
                     conn.poll()
                     while conn.notifies:
                         self._handle(conn.notifies.pop(0).payload)
