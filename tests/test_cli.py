@@ -21,7 +21,7 @@ from peewee_kvcache.kv.base import KVNamespace, KVPair
 from peewee_kvcache.testing.kv_server import KVServer
 from peewee_kvcache.cli.maintenance import Maintenance
 
-# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+# runs in the full tox environment (py311): see tox.ini
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import local_hits
 
-# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+# runs in the full tox environment (py311): see tox.ini
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]

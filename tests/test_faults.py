@@ -30,7 +30,7 @@ from peewee_kvcache.invalidation.outbox import Outbox
 from tests.conftest import local_hits, open_database, wait_for
 from tests.fault_worker import MODELS, Item, Other, first_sweeps, namespace
 
-# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+# runs in the full tox environment (py311): see tox.ini
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

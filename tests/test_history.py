@@ -38,7 +38,7 @@ from peewee_kvcache.testing.kv_server import KVServer
 from tests.conftest import PG
 from tests.history_worker import MODELS, role, schedule, seed_rows
 
-# runs in the full tox environments (py311, py311-peewee3): see tox.ini
+# runs in the full tox environment (py311): see tox.ini
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
