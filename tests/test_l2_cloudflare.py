@@ -66,26 +66,31 @@ def names(db):
         return sorted(i.name for i in Item.select().with_cache(ex=300))
 
 
-def test_request_counts_per_operation(server, kv_cache, tmp_path):
-    # a miss's L2 read counted (under 'auto' whether it asks is measured: test_l2_costs.py)
-    cache = kv_cache(l1_reads="always", l2_reads="always")
+def requests_per_operation(cache, tmp_path, sent, reset) -> list:
+    """What reached KV for a miss, an L1 hit and an L2 hit (L1 emptied first), in turn: each
+    ``sent()`` after a ``reset()``. Every miss reads L1 and asks L2 (under 'auto' whether it asks
+    is measured: test_l2_costs.py)."""
     db = open_db(tmp_path / "app.db", cache)
     Item.create(name="a")
     assert cache.drain(10)
-    server.reset_counts()
+    seen = []
+    for before in (None, None, cache.clear_local):
+        if before is not None:
+            before()
+        reset()
+        assert names(db) == ["a"]
+        assert cache.drain(10)
+        seen.append(sent())
+    return seen
 
-    assert names(db) == ["a"]                          # miss: 1 read, then 1 bulk write
-    assert cache.drain(10)
-    assert server.counts()["get"] == 1 and server.counts()["bulk_put"] == 1
-    assert sum(server.counts().values()) == 2
 
-    server.reset_counts()
-    assert names(db) == ["a"]                          # L1 hit: nothing
-    assert sum(server.counts().values()) == 0
-
-    cache.clear_local()
-    assert names(db) == ["a"]                          # L2 hit: 1 read
-    assert server.counts() == {**{k: 0 for k in server.counts()}, "get": 1}
+def test_request_counts_per_operation(server, kv_cache, tmp_path):
+    miss, l1_hit, l2_hit = requests_per_operation(
+        kv_cache(l1_reads="always", l2_reads="always"), tmp_path,
+        lambda: {k: v for k, v in server.counts().items() if v}, server.reset_counts)
+    assert miss == {"get": 1, "bulk_put": 1}     # 1 read, then 1 bulk write
+    assert l1_hit == {}                          # nothing
+    assert l2_hit == {"get": 1}                  # 1 read
 
 
 @pytest.mark.parametrize("k", [1, 2500, 10_001])
@@ -207,14 +212,19 @@ def test_request_budget_skips_l2_instead_of_earning_429s(server, tmp_path):
         cache.close()
 
 
-def test_result_over_kv_value_limit_stays_in_l1(server, kv_cache):
-    cache = kv_cache()
+def stays_in_l1(cache, puts_sent) -> None:
+    """A result over KV's value limit is kept in L1 and never sent (``puts_sent()``: how many
+    bulk writes reached KV)."""
     big = CachedResult(("blob",), [("x" * (1 << 20),)] * 26)     # 26 MiB: over KV's 25 MiB
     assert cache.put("big", big, ["item"])
     assert cache.drain(30)
     assert cache.get_stats().oversized == 1
-    assert server.counts()["bulk_put"] == 0 and cache.l2_entry_keys() == []
+    assert puts_sent() == 0 and cache.l2_entry_keys() == []
     assert cache.get("big", ["item"]) == big                      # served from L1
+
+
+def test_result_over_kv_value_limit_stays_in_l1(server, kv_cache):
+    stays_in_l1(kv_cache(), lambda: server.counts()["bulk_put"])
 
 
 # --- the same cache over the KV gateway Worker (workerd) -------------------------------------
@@ -237,20 +247,12 @@ def gateway_cache(workerd_gateway, tmp_path):
 
 
 def test_gateway_request_counts_per_operation(gateway_cache, http_sent, tmp_path):
-    cache = gateway_cache(l1_reads="always", l2_reads="always")
-    db = open_db(tmp_path / "app.db", cache)
-    Item.create(name="a")
-    assert cache.drain(10)
-    http_sent.clear()
-    assert names(db) == ["a"]                          # miss: 1 multi-get, then 1 bulk put
-    assert cache.drain(10)
-    assert http_sent == ["POST /v1/get", "POST /v1/put"]
-    http_sent.clear()
-    assert names(db) == ["a"]                          # L1 hit: nothing
-    assert http_sent == []
-    cache.clear_local()
-    assert names(db) == ["a"]                          # L2 hit: 1 multi-get
-    assert http_sent == ["POST /v1/get"]
+    miss, l1_hit, l2_hit = requests_per_operation(
+        gateway_cache(l1_reads="always", l2_reads="always"), tmp_path,
+        lambda: list(http_sent), http_sent.clear)
+    assert miss == ["POST /v1/get", "POST /v1/put"]  # 1 multi-get, then 1 bulk put
+    assert l1_hit == []
+    assert l2_hit == ["POST /v1/get"]                # 1 multi-get
 
 
 def test_gateway_one_invalidation_of_k_keys_is_one_request(gateway_cache, http_sent):
@@ -280,10 +282,4 @@ def test_gateway_one_invalidation_of_k_keys_is_one_request(gateway_cache, http_s
 
 
 def test_gateway_result_over_kv_value_limit_stays_in_l1(gateway_cache, http_sent):
-    cache = gateway_cache()
-    big = CachedResult(("blob",), [("x" * (1 << 20),)] * 26)     # 26 MiB: over KV's 25 MiB
-    assert cache.put("big", big, ["item"])
-    assert cache.drain(30)
-    assert cache.get_stats().oversized == 1
-    assert "POST /v1/put" not in http_sent and cache.l2_entry_keys() == []
-    assert cache.get("big", ["item"]) == big                      # served from L1
+    stays_in_l1(gateway_cache(), lambda: http_sent.count("POST /v1/put"))
