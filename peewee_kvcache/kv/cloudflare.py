@@ -7,7 +7,6 @@ KV offers them. How requests travel (sessions, retries, envelopes, the token) is
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -17,7 +16,8 @@ from . import limits
 from .base import BudgetExhausted, KVNamespace, KVPair, ListPage, ValueWithMetadata, chunked
 from .budget import RequestBudget
 from .transport import (BearerAuth, RestTransport, Timeout, api_error, bulk_put_item,
-                        check_base_url, envelope, is_missing, json_batches, list_page, parsing)
+                        check_base_url, encode_json, envelope, is_missing, json_batches, list_page,
+                        parsing)
 
 __all__ = ["CloudflareKVNamespace", "RequestBudget", "BudgetExhausted", "DEFAULT_BASE_URL"]
 
@@ -32,9 +32,6 @@ def _json_array(items: List[bytes], max_items: int) -> Iterator[bytes]:
     for batch in json_batches(items, max_items, limits.BULK_REQUEST_MAX_BYTES):
         yield b"[" + b",".join(batch) + b"]"
 
-
-def _encode(item: Any) -> bytes:
-    return json.dumps(item, separators=(",", ":")).encode("ascii")
 
 
 def _path(endpoint: str, key: str) -> str:
@@ -157,14 +154,14 @@ class CloudflareKVNamespace(KVNamespace):
         now = time.time()
         items = []
         for pair in pairs:
-            items.append(_encode(bulk_put_item(pair, now)))
+            items.append(encode_json(bulk_put_item(pair, now)))
         return self._bulk("PUT", "/bulk", items, limits.BULK_WRITE_MAX_ITEMS, write=True)
 
     def bulk_delete(self, keys: Sequence[str]) -> List[str]:
         items = []
         for key in keys:
             limits.validate_key(key)
-            items.append(_encode(key))
+            items.append(encode_json(key))
         return self._bulk("POST", "/bulk/delete", items, limits.BULK_DELETE_MAX_ITEMS)
 
     def bulk_get(self, keys: Sequence[str]) -> Dict[str, Optional[bytes]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -254,6 +255,11 @@ class RestTransport:
     def close(self) -> None:
         for session in (self._session, self._read_session, self._write_session):
             session.close()
+
+
+def encode_json(item: Any) -> bytes:
+    """One compact JSON item of a request body (ASCII: any key travels escaped, byte-exact)."""
+    return json.dumps(item, separators=(",", ":")).encode("ascii")
 
 
 def json_batches(items: List[bytes], max_items: int, max_bytes: int) -> Iterator[List[bytes]]:

@@ -14,7 +14,6 @@ it did not attempt are sent again, and an unfinished sweep continues, until all 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -23,8 +22,8 @@ from . import limits
 from .base import KVError, KVNamespace, KVPair, ListPage, ValueWithMetadata, chunked
 from .budget import RequestBudget
 from .signing import SignedRequests
-from .transport import (RestTransport, Timeout, bulk_put_item, check_base_url, envelope,
-                        json_batches, list_page, parsing)
+from .transport import (RestTransport, Timeout, bulk_put_item, check_base_url, encode_json,
+                        envelope, json_batches, list_page, parsing)
 
 __all__ = ["CloudflareWorkerKVNamespace", "MAX_BODY_BYTES", "BULK_MAX_ITEMS", "URL_VARIABLE",
            "SECRET_VARIABLE"]
@@ -37,9 +36,6 @@ BULK_MAX_ITEMS = 1000
 URL_VARIABLE, SECRET_VARIABLE = "PEEWEE_KVCACHE_WORKER_URL", "PEEWEE_KVCACHE_WORKER_SECRET"
 _ENV = {"url": URL_VARIABLE, "secret": SECRET_VARIABLE}
 
-
-def _encode(item: Any) -> bytes:
-    return json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 class CloudflareWorkerKVNamespace(KVNamespace):
@@ -81,7 +77,7 @@ class CloudflareWorkerKVNamespace(KVNamespace):
 
     def _post(self, path: str, body: Any, **kwargs: Any) -> Any:
         """One JSON request; its envelope's ``result``."""
-        data = body if isinstance(body, bytes) else _encode(body)
+        data = body if isinstance(body, bytes) else encode_json(body)
         response = self._rest.call("POST", path, data=data,
                                    headers={"Content-Type": "application/json"}, **kwargs)
         return envelope(response, path).get("result")
@@ -148,14 +144,14 @@ class CloudflareWorkerKVNamespace(KVNamespace):
         now = time.time()
         items: Dict[str, bytes] = {}
         for pair in pairs:  # a later pair for the same key replaces it (as in KV)
-            items[pair.key] = _encode(bulk_put_item(pair, now))
+            items[pair.key] = encode_json(bulk_put_item(pair, now))
         return self._bulk("/put", items)
 
     def bulk_delete(self, keys: Sequence[str]) -> List[str]:
         items = {}
         for key in keys:
             limits.validate_key(key)
-            items[key] = _encode(key)
+            items[key] = encode_json(key)
         return self._bulk("/delete", items)
 
     def _bulk(self, path: str, items: Dict[str, bytes]) -> List[str]:
