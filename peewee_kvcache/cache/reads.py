@@ -2,11 +2,11 @@
 
 Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2,
 each level asked when asking it pays for this query shape (costs.py), else straight to the
-database. An L1 entry
-is served only within ``l1_max_age`` of its last check against L2; one served in the second half
-of that window is queued for a batched re-check off the query path (refresh.py), and an older one
-is a miss. A lookup makes at most one L2 read. A result read from L2 is kept in L1 and memory.
-Every fault is a miss, logged and counted: the caller (a query) goes to the database.
+database. An L1 entry is served only within ``l1_max_age`` of its last check against L2; one
+served in the second half of that window is queued for a batched re-check off the query path
+(refresh.py), and an older one is a miss. A lookup makes at most one L2 read. A result read
+from L2 is kept in L1 and memory. Every fault is a miss, logged and counted: the caller (a
+query) goes to the database.
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class Reader:
             elapsed_ms = (time.perf_counter() - started) * 1000
             served = entry is not None and self._valid(entry, now)
             self.costs.read(L1, shape, elapsed_ms, served)
-            if entry is None or not served:
+            if not served:
                 return None, False
             if not self._checked(digest, entry, now):
                 return None, True
