@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import re
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
@@ -559,6 +560,8 @@ def test_entry_not_signed_with_our_secret_is_a_miss(make_cache, tmp_path, writer
 
 
 def test_unencodable_result_is_served_but_not_stored(data, monkeypatch):
+    """Refused on the query's thread, or (a result of plain types, whose encoding the writer
+    makes) on the writer's: served all the same, never in L1 or L2, its memory copy dropped."""
     cache = data.cache
 
     def refuse(*args, **kwargs):
@@ -566,13 +569,45 @@ def test_unencodable_result_is_served_but_not_stored(data, monkeypatch):
 
     monkeypatch.setattr(peewee_kvcache.cache.stores, "encode_entry", refuse)
     assert cached_names() == ["alice"]
+    assert cache.drain(10)
     assert cached_names() == ["alice"]
     assert cache.drain(10)
     stats = cache.get_stats()
     assert stats.uncacheable == 2
-    assert (stats.stores, stats.hits, stats.misses) == (0, 0, 2)
+    assert (stats.hits, stats.misses) == (0, 2)
     assert stats.l1_entries == 0 and stats.total_keys == 0
     assert stats.l1_errors == 0 and stats.l2_errors == 0
+
+
+def test_a_plain_result_is_encoded_by_the_writer_and_served_from_memory_meanwhile(
+        data, monkeypatch):
+    """A miss of plain values (ints, strings...) does not wait for its encoding: memory serves
+    it at once, the writer thread encodes it for L1 and L2. (The first miss of a shape is
+    guarded against a stampede, which needs its L1 entry at once: its own thread encodes it.)"""
+    cache = data.cache
+    encode = peewee_kvcache.cache.stores.encode_entry
+    threads = []
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return encode(*args, **kwargs)
+
+    def names_scoring(at_least):
+        return [u.name for u in User.select().where(User.score >= at_least).with_cache()]
+
+    assert names_scoring(0) == ["alice"]                        # the shape's first miss
+    assert cache.drain(10)
+    monkeypatch.setattr(peewee_kvcache.cache.stores, "encode_entry", recording)
+    assert names_scoring(-1) == ["alice"]                       # a cheap shape's miss: deferred
+    assert names_scoring(-1) == ["alice"]
+    stats = cache.get_stats()
+    assert (stats.stores, stats.memory_hits) == (2, 1)
+    assert cache.drain(10)
+    assert threads and threading.current_thread() not in threads
+    stats = cache.get_stats()
+    assert stats.l1_entries == 2 and stats.uncacheable == 0
+    cache.clear_local()                                         # L2 holds what the writer made
+    assert names_scoring(-1) == ["alice"] and cache.get_stats().l2_hits == 1
 
 
 def test_driver_type_the_codec_cannot_encode_is_served_uncached(make_cache, request, tmp_path):

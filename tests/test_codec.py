@@ -17,8 +17,8 @@ import msgpack
 import pytest
 
 from peewee_kvcache.core.codec import (
-    _MAX_TUPLE_DEPTH, FORMAT_VERSION, CachedResult, CodecError, UnsupportedValue, decode_entry,
-    decode_entry_full, encode_entry, encode_params,
+    _MAX_TUPLE_DEPTH, FORMAT_VERSION, CachedResult, CodecError, UnsupportedValue, always_encodes,
+    decode_entry, decode_entry_full, encode_entry, encode_params,
 )
 
 SECRET = b"s3cr3t-signing-key-for-tests"
@@ -195,6 +195,22 @@ def test_unsupported_value_raises_naming_the_type(value, type_name):
         encode_entry(CachedResult(("v",), [(value,)]), None)
     with pytest.raises(UnsupportedValue, match=type_name):
         encode_params([value])
+
+
+@pytest.mark.parametrize("value", VALUES + [value for value, _ in UNSUPPORTED],
+                         ids=lambda v: type(v).__name__)
+def test_a_result_said_to_always_encode_does(value):
+    """The writer thread encodes such results later (cache/stores.py): the promise must hold;
+    containers, whose contents may be refused, and lookalike subclasses are never promised."""
+    result = CachedResult(("v", "w"), [(value, 1), ("x", None)])
+    if always_encodes(result):
+        assert type(value) in (type(None), bool, int, float, str, bytes, Decimal, datetime, date,
+                               time, timedelta, uuid.UUID)
+        decode_entry(encode_entry(result, None))
+    else:
+        assert type(value) in (list, dict, tuple, bytearray, memoryview) or value in (
+            v for v, _ in UNSUPPORTED)
+    assert not always_encodes(CachedResult((1,), [(1,)]))  # a column name must be a str
 
 
 def test_unsupported_is_a_codec_error_and_value_error():

@@ -78,6 +78,11 @@ def test_results_with_mutable_values_are_not_shared():
     frozen = CachedResult(("x",), [(1, "s", b"b", None)])
     assert not shareable(mutable, 10) and shareable(frozen, 10)
     assert not shareable(CachedResult(("x",), [(1,)] * 11), 10)
+
+    class Row(list):  # a subclass of a mutable type is mutable too
+        pass
+
+    assert not shareable(CachedResult(("x", "y"), [(1, "a"), (2, Row())]), 10)
     level = MemoryLevel(max_entries=2)
     level.put("m", Entry(("*",), (1,), 10**15, 0, mutable))
     assert level.get("m") is None

@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, List, Optional, Protocol, Sequence, Tuple
 
-from ..core.codec import CachedResult, UnsupportedValue, encode_entry
+from ..core.codec import (CachedResult, CodecError, UnsupportedValue, always_encodes,
+                          encode_entry)
 from ..core.config import DEFAULT_CONFIG, CacheConfig, now_ms, real_monotonic
 from ..core.faults import Report
 from ..core.stats import Counters
 from ..invalidation.sweeper import Sweeper
 from ..invalidation.writer import BackgroundWriter, PutTask
+from ..kv.base import KVPair
 from ..kv.limits import MAX_VALUE_BYTES, MIN_EXPIRATION_TTL
 from ..l2.gateway import L2Gateway
 from ..l2.layout import KeyLayout
@@ -99,7 +101,8 @@ class Storer:
         ``started_ms``: when the query started (read before the tokens); defaults to now.
         ``defer_l1``: this process's memory holds the result at once, and the background writer
         writes it to L1 with its L2 write (an L1 write costs as much as a cheap query; the
-        stamp keeps a late one from ever serving an invalidated result)."""
+        stamp keeps a late one from ever serving an invalidated result). The writer then also
+        encodes it, when no value could be refused (encoding costs a tenth of a point lookup)."""
         settings = self.settings
         try:
             if not self.l1.is_current(names, tokens) or self.sweeper.distrusts(names):
@@ -109,7 +112,11 @@ class Storer:
             existing = self.reader.live_expiry(digest, names) if config.keep_ttl else None
             expires_at = config.expires_at_ms(now, settings.default_ttl_ms, existing)
             started = now if started_ms is None else started_ms
-            payload = encode_entry(result, expires_at, settings.secret, digest.encode(), started)
+            payload = _Payload(functools.partial(
+                encode_entry, result, expires_at, settings.secret, digest.encode(), started),
+                functools.partial(self._refused, digest))
+            if not (defer_l1 and always_encodes(result)):
+                payload.data = payload.encode()
         except UnsupportedValue as exc:
             log.info("peewee_kvcache: result not cached: %s", exc)
             self.counters.incr("uncacheable")
@@ -117,12 +124,12 @@ class Storer:
         except L1_FAULTS as exc:
             self.fault("l1_errors", "preparing a store failed, the result is not stored", exc)
             return False
-        entry = Entry(tuple(names), tuple(tokens), expires_at, now, payload)
-        oversized = len(payload) > MAX_VALUE_BYTES
+        entry = Entry(tuple(names), tuple(tokens), expires_at, now, result)
+        oversized = payload.oversized()
         defer_l1 = defer_l1 and not oversized  # an oversized entry is not sent: no writer task
-        self.reader.memory.put(digest, entry.holding(result))
+        self.reader.memory.put(digest, entry)
         if not defer_l1:
-            self._keep_l1(digest, entry)
+            self._keep_l1(digest, entry, payload)
         self.counters.incr("stores")
         if oversized:
             self.counters.incr("oversized")  # stays in L1 only
@@ -133,19 +140,40 @@ class Storer:
         ttl_s = max(math.ceil((expires_at - now) / 1000), MIN_EXPIRATION_TTL)
         # the write must land within max_put_delay of the query's start (see PutSender)
         deadline = real_monotonic() + (settings.max_put_delay_ms - (now - started)) / 1000
-        layout = self.layout
         self.writer.submit(PutTask(
             max(1, len(names) - 1),
-            lambda: layout.entry_pairs(digest, payload, names, ttl_s, started),
+            functools.partial(self._pairs, digest, payload, names, ttl_s, started),
             lambda: self._still_current(names, tokens), started, tuple(names), deadline,
-            functools.partial(self._keep_l1, digest, entry) if defer_l1 else None))
+            functools.partial(self._keep_l1, digest, entry, payload) if defer_l1 else None))
         return True
 
-    def _keep_l1(self, digest: str, entry: Entry[bytes]) -> None:
+    def _pairs(self, digest: str, payload: "_Payload", names: Sequence[str], ttl_s: int,
+               started: int) -> List[KVPair]:
+        """On the writer thread: the KV pairs of an entry, none if its encoding was refused or
+        is over KV's value limit (then it stays in L1)."""
+        data = payload.get()
+        if data is None:
+            return []
+        if payload.oversized():
+            self.counters.incr("oversized")
+            return []
+        return self.layout.entry_pairs(digest, data, names, ttl_s, started)
+
+    def _keep_l1(self, digest: str, entry: Entry[CachedResult], payload: "_Payload") -> None:
+        data = payload.get()
+        if data is None:
+            return
         try:
-            self.l1.set(digest, entry, entry.checked_at_ms)
+            self.l1.set(digest, entry.holding(data), entry.checked_at_ms)
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 write failed", exc)
+
+    def _refused(self, digest: str, exc: CodecError) -> None:
+        """A deferred encoding refused (for :func:`always_encodes` results, only a value over
+        4 GiB could be): not cached, and dropped from memory."""
+        log.info("peewee_kvcache: result not cached: %s", exc)
+        self.counters.incr("uncacheable")
+        self.reader.memory.discard(digest)
 
     def _still_current(self, names: Sequence[str], tokens: Sequence[int]) -> bool:
         try:
@@ -153,6 +181,30 @@ class Storer:
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 token read failed, the L2 write is dropped", exc)
             return False
+
+
+@dataclass(eq=False)
+class _Payload:
+    """A stored result's bytes: made on the query's thread, or, deferred, once on the writer's,
+    where a refusal of the codec is handed to ``refused``."""
+
+    encode: Callable[[], bytes]
+    refused: Callable[[CodecError], None]
+    data: Optional[bytes] = None
+    failed: bool = False
+
+    def get(self) -> Optional[bytes]:
+        if self.data is None and not self.failed:
+            try:
+                self.data = self.encode()
+            except CodecError as exc:
+                self.failed = True
+                self.refused(exc)
+        return self.data
+
+    def oversized(self) -> bool:
+        """Made, and over KV's value limit."""
+        return self.data is not None and len(self.data) > MAX_VALUE_BYTES
 
 
 @dataclass(eq=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Context, Decimal
 from functools import lru_cache, partial
+from itertools import chain
 from struct import Struct
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 from uuid import UUID
@@ -270,6 +271,16 @@ def encode_entry(result: CachedResult, expires_at_ms: Optional[int],
 
 _STR_ONLY = frozenset((str,))
 _LIST_ONLY = frozenset((list,))
+#: types whose every value encodes exactly and is never refused (a 4 GiB str or bytes aside)
+_ALWAYS_ENCODED = frozenset({str, int, float, bool, type(None), bytes, Decimal, datetime, date,
+                             time, timedelta, UUID})
+
+
+def always_encodes(result: CachedResult) -> bool:
+    """Whether :func:`encode_entry` cannot refuse ``result``: its encoding may then be made
+    later, on another thread (a type check costs a fraction of encoding)."""
+    return (_STR_ONLY.issuperset(map(type, result.columns))
+            and _ALWAYS_ENCODED.issuperset(map(type, chain.from_iterable(result.rows))))
 
 
 def _payload_start(view: memoryview, secret: Optional[bytes], context: bytes) -> int:

@@ -8,6 +8,7 @@ JSON dict from one result must not change what the next caller gets.
 from __future__ import annotations
 
 import threading
+from itertools import chain
 from collections import OrderedDict
 from typing import Optional
 
@@ -19,9 +20,10 @@ _MUTABLE = (list, dict, set, bytearray)
 
 
 def shareable(result: CachedResult, max_rows: int) -> bool:
-    """Small enough, and no value a caller could mutate in place."""
+    """Small enough, and no value a caller could mutate in place (checked per distinct type:
+    a row's few types, not its every value, go through ``issubclass``)."""
     return len(result.rows) <= max_rows and not any(
-        isinstance(value, _MUTABLE) for row in result.rows for value in row)
+        issubclass(tp, _MUTABLE) for tp in set(map(type, chain.from_iterable(result.rows))))
 
 
 class MemoryLevel:
