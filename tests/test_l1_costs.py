@@ -3,6 +3,7 @@ with one process, L1 holds only what memory holds, and its read costs as much as
 An entry a re-check confirmed in L1 (its memory copy dropped) is read from L1 all the same."""
 import subprocess
 import sys
+import threading
 import time
 
 import peewee
@@ -52,6 +53,33 @@ def test_a_shape_l1_never_pays_for_skips_the_l1_read(db, l1_reads):
     assert [title(i) for i in range(2, 11)] == [f"t{i}" for i in range(2, 11)]
     stats = db.cache.get_stats()
     assert len(l1_reads) == 1 and stats.l1_skipped_cost == 9 and stats.misses == 10
+
+
+def test_an_exploring_try_of_l1_is_made_in_the_background_not_by_the_query(db, l1_reads,
+                                                                           monkeypatch):
+    """L1 could pay for a slow shape (5 ms against 1 s) but its hit rate says it does not: one
+    miss in 16 still tries L1, so a rising rate is seen, on the writer thread; every query goes
+    straight to the database."""
+    threads = []
+    get = db.cache.l1.get
+
+    def recording_get(digest):
+        threads.append(threading.current_thread())
+        return get(digest)
+
+    assert title(1) == "t1"  # the shape is learnt
+    costs = db.cache._reader.costs
+    for known in costs._shapes.values():  # as if it took 1 s and L1 never had its answers
+        known.db_ms, known.rates[0] = 1000.0, 0.0
+    monkeypatch.setattr(db.cache.l1, "get", recording_get)
+    reads_before = len(l1_reads)
+    for _ in range(2):
+        assert [title(i) for i in range(2, 10)] == [f"t{i}" for i in range(2, 10)]
+        db.cache.clear_local()  # each lookup is a miss again (the shape's estimates stay)
+    assert db.cache.drain(10)
+    assert db.cache.get_stats().l1_skipped_cost == 16
+    assert len(l1_reads) - reads_before == len(threads) == 1
+    assert threading.current_thread() not in threads
 
 
 def test_an_entry_confirmed_by_a_recheck_is_read_from_l1_even_where_l1_does_not_pay(db,

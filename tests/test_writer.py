@@ -20,6 +20,22 @@ def test_puts_submitted_together_go_out_in_one_batch():
     writer.close()
 
 
+def test_unordered_work_does_not_split_a_batch_of_puts():
+    """An exploring read queued between two entry writes runs after them, which go out in one
+    batch; work in submission order still ends a batch."""
+    sent = []
+    writer = BackgroundWriter(lambda tasks: sent.append(("puts", len(tasks))), lambda: None,
+                              linger_s=5.0)
+    writer.submit(task())
+    writer.submit_unordered(lambda: sent.append(("unordered", 0)))
+    writer.submit(task())
+    writer.submit(lambda: sent.append(("ordered", 0)))
+    writer.submit(task())
+    assert writer.drain(10)
+    assert sent == [("puts", 2), ("unordered", 0), ("ordered", 0), ("puts", 1)]
+    writer.close()
+
+
 def test_drain_cuts_the_linger_short():
     batches = []
     writer = BackgroundWriter(lambda tasks: batches.append(len(tasks)), lambda: None,

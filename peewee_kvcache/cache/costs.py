@@ -11,8 +11,8 @@ workers), its hit rate, and so its reads, come back. The estimates are moving av
 shape whose hit rate or cost changes is re-judged.
 
 A shape a level could pay for (``level_ms < db_ms``) but does not at its current estimate is
-still asked one miss in ``explore_every``, so a rising hit rate is seen; that costs at most
-``level_ms / explore_every`` per miss, below ``db_ms / explore_every``.
+still tried one miss in ``explore_every``, so a rising hit rate is seen: in the background
+(explore.py), the miss itself going to the database, so the query pays nothing for it.
 
 Until the database has run a shape, L2 is not asked (its cost is unknown, and L2 may be far);
 L1 is (it is near, and it is how a new worker finds what its siblings computed).
@@ -92,8 +92,9 @@ class CostModel:
 
     def ask(self, level: int, shape: Optional[Hashable]) -> bool:
         """Whether a miss of ``shape`` should ask ``level`` (``L1`` or ``L2``) before the
-        database. Without a shape (the low-level get/put API) and until the level's latency is
-        known, it asks."""
+        database (:meth:`would_ask`), or have it tried in the background on its exploring turn.
+        Without a shape (the low-level get/put API) and until the level's latency is known, it
+        asks."""
         if self.would_ask(level, shape):
             return True
         known = self._shapes.get(shape)
@@ -117,11 +118,11 @@ class CostModel:
              found: bool) -> None:
         """A read of ``level`` took ``elapsed_ms`` and found (or not) a usable entry."""
         costs = self._levels[level]
-        costs.ms = elapsed_ms if costs.ms is None else _average(costs.ms, elapsed_ms)
+        costs.ms = elapsed_ms if costs.ms is None else moving_average(costs.ms, elapsed_ms)
         known = self._shapes.get(shape) if shape is not None else None
         if known is not None:
             rate, hit = known.rates[level], 1.0 if found else 0.0
-            known.rates[level] = hit if rate is None else _average(rate, hit)
+            known.rates[level] = hit if rate is None else moving_average(rate, hit)
 
     def db_ran(self, shape: Optional[Hashable], elapsed_ms: float) -> None:
         """The database answered a miss of ``shape`` in ``elapsed_ms`` (rows fetched)."""
@@ -129,7 +130,7 @@ class CostModel:
             return
         known = self._shapes.get(shape)
         if known is not None:
-            known.db_ms = _average(known.db_ms, elapsed_ms)
+            known.db_ms = moving_average(known.db_ms, elapsed_ms)
             return
         if len(self._shapes) >= self._max_shapes:
             self._shapes.clear()  # a workload of ever-new texts: start learning again
@@ -148,5 +149,6 @@ class CostModel:
                                            "l2_hit_rate": known.rates[L2]}
 
 
-def _average(old: float, new: float) -> float:
+def moving_average(old: float, new: float) -> float:
+    """``old`` moved a fifth of the way to ``new``."""
     return old + _ALPHA * (new - old)

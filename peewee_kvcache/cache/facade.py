@@ -112,7 +112,7 @@ class CloudflareKVCache(SeedAPI):
         costs = CostModel(always_l1=settings.l1_reads == "always",
                           always_l2=settings.l2_reads == "always")
         reader = self._reader = Reader(settings, memory, self.l1, l2, sweeper, counters, fault,
-                                       costs, writer.submit)
+                                       costs, writer.submit, writer.submit_unordered)
         self._storer = Storer(settings, self.l1, l2.layout, reader, sweeper, writer, counters,
                               fault, costs)
         self._stampede = Stampede(float(settings.stampede_wait), self.l1, reader, counters,

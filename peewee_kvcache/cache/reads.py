@@ -2,9 +2,10 @@
 
 Process memory, then the L1 directory (both hold stamped entries, checked the same way), then L2,
 each level asked when asking it pays for this query shape (costs.py), else straight to the
-database. An L1 entry is served only within ``l1_max_age`` of its last check against L2; one
-served in the second half of that window is queued for a batched re-check off the query path
-(refresh.py), and an older one is a miss. A lookup makes at most one L2 read. A result read
+database (on the level's exploring turn, the level is tried in the background: explore.py). An
+L1 entry is served only within ``l1_max_age`` of its last check against L2; one served in the
+second half of that window is queued for a batched re-check off the query path (refresh.py), and
+an older one is a miss. A lookup makes at most one L2 read. A result read
 from L2 is kept in L1 and memory. Every fault is a miss, logged and counted: the caller (a
 query) goes to the database.
 """
@@ -24,6 +25,7 @@ from ..levels.entry import Entry
 from ..levels.l1 import L1_FAULTS
 from ..levels.memory import MemoryLevel
 from .costs import L1, L2, CostModel
+from .explore import Explorer
 from .refresh import Refresher
 from .settings import CacheSettings
 
@@ -32,6 +34,8 @@ _L1_READ_FAULTS = L1_FAULTS + (CodecError,)
 #: digests remembered as "read L1 next" at most (beyond, the hints are forgotten: the cost
 #: model's occasional exploring read still finds such entries)
 _MAX_L1_HINTS = 4096
+#: the counter of misses that did not read a level, per level
+_SKIPPED = {L1: "l1_skipped_cost", L2: "l2_skipped_cost"}
 
 
 @dataclass(eq=False)
@@ -48,7 +52,10 @@ class Reader:
     costs: CostModel
     #: hands the refresher's batches to the background writer
     submit: Callable[[Callable[[], None]], None]
+    #: hands it work that may run before entry writes queued earlier (exploring tries)
+    submit_unordered: Callable[[Callable[[], None]], None]
     refresher: Refresher = field(init=False)
+    explorer: Explorer = field(init=False)
 
     def __post_init__(self) -> None:  # settings read on every lookup, converted once
         self._secret = self.settings.secret
@@ -60,21 +67,23 @@ class Reader:
         self._l1_hints: Set[str] = set()
         self.refresher = Refresher(self.l1, self.memory, self.l2, self.fetch, self.submit,
                                    self.counters, self.fault, self.read_l1_next)
+        self.explorer = Explorer(self.l1, self.l2, self.costs, self.fault,
+                                 lambda entry: self._valid(entry, now_ms()), self.submit_unordered)
 
     def lookup(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
                ) -> Optional[CachedResult]:
         """The cached result for ``digest`` if one is live and no name in its stamp was bumped.
         ``shape`` (the SQL text) is what the L2 cost estimates are kept per."""
-        result, aged = self.local(digest, shape)
+        result, aged = self.local(digest, shape, names)
         if result is None:
-            if self.costs.ask(L2, shape):
+            if self.costs.would_ask(L2, shape):
                 if aged:
                     self.counters.incr("l1_rechecks")
                 result = self.fetch(digest, names, shape)
                 if result is not None:
                     self.counters.incr("l2_hits")
             else:
-                self.counters.incr("l2_skipped_cost")
+                self._skip(L2, digest, names, shape)
         self.counters.incr("hits" if result is not None else "misses")
         return result
 
@@ -84,11 +93,20 @@ class Reader:
             self._l1_hints.clear()
         self._l1_hints.add(digest)
 
-    def local(self, digest: str, shape: Optional[Hashable] = None
+    def _skip(self, level: int, digest: str, names: Sequence[str],
+              shape: Optional[Hashable]) -> None:
+        """A miss does not read ``level`` (it does not pay for ``shape``); on the level's
+        exploring turn the background reads it instead (explore.py)."""
+        self.counters.incr(_SKIPPED[level])
+        if self.costs.ask(level, shape):
+            self.explorer.explore(level, digest, names, shape)
+
+    def local(self, digest: str, shape: Optional[Hashable] = None, names: Sequence[str] = ()
               ) -> Tuple[Optional[CachedResult], bool]:
         """This process's memory first, then the L1 directory when reading it pays for
-        ``shape`` (None: always). Returns the result and whether an L1 entry was found too old
-        to serve unchecked. Hits are counted by level."""
+        ``shape`` (None: always; ``names``: the stamp names, for an exploring try). Returns the
+        result and whether an L1 entry was found too old to serve unchecked. Hits are counted
+        by level."""
         try:
             now = now_ms()
             memo = self.memory.get(digest)
@@ -98,8 +116,8 @@ class Reader:
                     return memo.value, False
                 self.memory.discard(digest)
             hinted = digest in self._l1_hints
-            if not hinted and not self.costs.ask(L1, shape):
-                self.counters.incr("l1_skipped_cost")
+            if not hinted and not self.costs.would_ask(L1, shape):
+                self._skip(L1, digest, names, shape)
                 return None, False
             self._l1_hints.discard(digest)
             started = time.perf_counter()

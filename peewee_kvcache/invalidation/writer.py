@@ -45,6 +45,17 @@ class PutTask:
     keep_local: Optional[Callable[[], None]] = None
 
 
+class Unordered:
+    """Work that may run before entry writes queued ahead of it (a read that only measures):
+    a batch of entry writes is gathered past it, not cut short by it."""
+
+    def __init__(self, run: Callable[[], None]):
+        self._run = run
+
+    def __call__(self) -> None:
+        self._run()
+
+
 Task = Union[PutTask, Callable[[], None]]
 
 #: writers not closed yet, drained (each for at most its ``exit_timeout``) at interpreter exit
@@ -104,6 +115,7 @@ class BackgroundWriter:
             self._ensure_thread()
 
     def submit(self, task: Task) -> None:
+        """Queue ``task``: run in submission order, batches of entry writes first gathered."""
         with self._cond:
             if not self._ensure_thread():
                 self._drop(1, "submitted after close")
@@ -112,6 +124,10 @@ class BackgroundWriter:
             self._busy += 1
             if not self._lingering or len(self._queue) >= self._max_batch:
                 self._cond.notify_all()
+
+    def submit_unordered(self, task: Callable[[], None]) -> None:
+        """Queue ``task``, which entry writes queued after it may overtake (see Unordered)."""
+        self.submit(Unordered(task))
 
     def drain(self, timeout: Optional[float] = None) -> bool:
         """Block until all submitted work is done (cutting a linger short); False if ``timeout``
@@ -181,10 +197,18 @@ class BackgroundWriter:
                 self._lingering = False
             batch: List[Task] = [first]
             size = first.key_count
-            while self._queue and isinstance(self._queue[0], PutTask) and size < self._max_batch:
-                task = self._queue.popleft()
-                size += task.key_count  # type: ignore[union-attr]
+            passed: List[Task] = []  # Unordered work the batch gathers past, left queued
+            while self._queue and size < self._max_batch:
+                task = self._queue[0]
+                if isinstance(task, Unordered):
+                    passed.append(self._queue.popleft())
+                    continue
+                if not isinstance(task, PutTask):
+                    break
+                self._queue.popleft()
+                size += task.key_count
                 batch.append(task)
+            self._queue.extendleft(reversed(passed))
             return batch
 
     def _run(self) -> None:
