@@ -104,6 +104,27 @@ def test_a_cheap_shape_takes_no_fill_lock_and_is_written_to_l1_in_the_background
     assert neighbour.cache.get_stats().l1_hits == 3 and len(runs) == 4
 
 
+def test_a_shape_is_guarded_only_where_the_lock_costs_a_small_part_of_its_query(
+        slow_db, monkeypatch):
+    """Taking the lock costs 50 ms here (a slow L1): a 0.3 s query is worth it, but not once
+    the lock costs more than a twentieth of the query."""
+    db, runs = slow_db
+    locks = []
+    real_add = db.cache.l1.entries.add
+
+    def slow_add(key, *args, **kwargs):
+        locks.append(key)
+        time.sleep(0.05)
+        return real_add(key, *args, **kwargs)
+
+    monkeypatch.setattr(db.cache.l1.entries, "add", slow_add)
+    assert names_from(1) == ["a"]  # an unknown shape: guarded; the lock's average from 0: 10 ms
+    assert names_from(0) == ["a"]  # 0.3 s ≥ 20 × 10 ms: guarded; the average is now 18 ms
+    assert len(locks) == 2
+    assert [names_from(lowest) for lowest in (-1, -2, -3)] == [["a"]] * 3  # 0.3 s < 20 × 18 ms
+    assert len(locks) == 2 and len(runs) == 5
+
+
 def test_in_lists_of_every_length_are_one_shape(slow_db, monkeypatch):
     """What a shape costs is known from one IN-list length for every other."""
     db, runs = slow_db

@@ -4,26 +4,30 @@ its query once; the others wait for the result in L1, at most ``stampede_wait`` 
 The lock is an L1 key (``fill:<digest>``) added only if absent and expiring by itself, so a
 leader that dies cannot hold it past ``stampede_wait``. When L1 can't coordinate, everybody leads.
 
-Taking and releasing the lock are two L1 writes (a few hundred µs together): more than a cheap
-query costs, and a stampede of cheap queries costs little. So a shape is guarded only while its
-measured database time is unknown (a cold start, where stampedes happen) or at least
-``GUARD_MIN_DB_MS``.
+Taking and releasing the lock are two L1 writes, and a guarded miss writes its L1 copy at once
+(followers read it there): a few hundred µs, more than a cheap query costs, and a stampede of
+cheap queries costs little. So a shape is guarded only while its measured database time is
+unknown (a cold start, where stampedes happen) or at least ``GUARD_MIN_DB_MS`` and
+``GUARD_COST_FACTOR`` times what the lock costs here (measured: lock taken and released), so the
+guard adds at most a few percent to the misses it guards.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Optional
 
 from ..core.codec import CachedResult
 from ..core.faults import Report
 from ..core.stats import Counters
 from ..levels.l1 import L1_FAULTS
-from .costs import CostModel
+from .costs import CostModel, moving_average
 from .reads import Reader
 
 #: a query shape whose database time is at least this (ms) is worth two L1 writes to run once
 GUARD_MIN_DB_MS = 2.0
+#: ... and at least this many times the lock's measured cost
+GUARD_COST_FACTOR = 20.0
 
 
 @dataclass(eq=False)
@@ -36,19 +40,27 @@ class Stampede:
     counters: Counters
     fault: Report
     costs: CostModel
+    #: what taking and what releasing a lock cost here (ms, moving averages from 0: a shape is
+    #: guarded more readily until they are known)
+    _take_ms: float = field(default=0.0, init=False)
+    _release_ms: float = field(default=0.0, init=False)
 
     def guards(self, shape: Optional[Hashable]) -> bool:
         """Whether a miss of ``shape`` should run once for all (see the module doc)."""
         if not self.wait_s:
             return False
         db_ms = self.costs.db_ms(shape)
-        return db_ms is None or db_ms >= GUARD_MIN_DB_MS
+        return db_ms is None or db_ms >= max(GUARD_MIN_DB_MS, GUARD_COST_FACTOR * (self._take_ms
+                                                                  + self._release_ms))
 
     def lead(self, digest: str) -> bool:
         """Claim the right to run the query for ``digest``. True for the leader, and when L1
         can't coordinate (nobody waits then)."""
         try:
-            return bool(self.l1.entries.add("fill:" + digest, 1, expire=self.wait_s))
+            started = time.perf_counter()
+            taken = bool(self.l1.entries.add("fill:" + digest, 1, expire=self.wait_s))
+            self._take_ms = moving_average(self._take_ms, (time.perf_counter() - started) * 1000)
+            return taken
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 fill lock failed (this query runs unguarded)", exc)
             return True
@@ -56,7 +68,10 @@ class Stampede:
     def end(self, digest: str) -> None:
         """The leader is done: followers stop waiting."""
         try:
+            started = time.perf_counter()
             self.l1.entries.delete("fill:" + digest)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._release_ms = moving_average(self._release_ms, elapsed_ms)
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 fill unlock failed (followers wait for its expiry)",
                         exc)
