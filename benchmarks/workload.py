@@ -37,6 +37,7 @@ import peewee
 from peewee_kvcache.testing import KVServer
 from peewee_kvcache.testing.workerd import WorkerGateway, missing_parts
 from pkvbench import host
+from pkvbench.floor import write_floor
 from pkvbench.host import EMBEDDED, GATEWAY, NO_CACHE, REST, HostReport, HostSpec, L2Spec
 from pkvbench.machine import code_revision, cpu_model
 from pkvbench.mix import Mix, Op, execute, sequence
@@ -230,8 +231,11 @@ def run(mode: Mode, seed_base: int, command: str) -> WorkloadReport:
             begun = time.monotonic()
             runs.append(run_variant(env, variant, ops, index))
             log(f"  done in {time.monotonic() - begun:.1f} s")
+        log("the write's floor, with the raw drivers")
+        floor = write_floor(env.schema)
         facts = machine_facts(env)
-    return WorkloadReport(command, date, facts, time.monotonic() - started, mix, ops, runs)
+    return WorkloadReport(command, date, facts, time.monotonic() - started, mix, ops, runs,
+                          floor)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:

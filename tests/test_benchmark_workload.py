@@ -112,6 +112,11 @@ def test_quick_workload_benchmark_prints_every_variant_with_sane_numbers():
     counts = {re.findall(r"\((\d+)\)", ratio)[0] for ratio in writes}
     assert len(counts) == 1, writes  # the same sequence in every run: the same writes
 
+    floor = re.search(r"NOTIFY adds (-?\d+) µs to a (\d+) µs UPDATE, a durable local record "
+                      r"takes (\d+) µs; .* can cost less than ([\d.]+)× it", done.stdout)
+    assert floor is not None, done.stdout  # measured with the raw drivers, in the same run
+    assert int(floor[2]) > 0 and int(floor[3]) > 0 and float(floor[4]) >= 1.0, floor[0]
+
     requests = section(done.stdout, "KV requests")
     assert [r["drained"] for r in requests] == ["yes"] * 4
     gateway = requests[-1]  # its sweeps are one request each: /v1/sweep, never a list

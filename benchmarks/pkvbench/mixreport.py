@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .host import (DATABASE, EMBEDDED, GATEWAY, L1, L1_RECHECKED, L2, MEMORY, MISS, NO_CACHE,
                    REST, WRITE, HostReport, OpRecord)
+from .floor import WriteFloor
 from .ideal import IdealResult, ideal
 from .markdown import Target, at_least, at_most, table
 from .mix import HEAVY_AUTHORS, HEAVY_VARIANTS, JOIN_ROWS, KINDS, READ_KINDS, Mix, Op
@@ -68,6 +69,8 @@ class WorkloadReport:
     mix: Mix
     ops: List[List[Op]]
     runs: List[RunResult]
+    #: the least a write can cost with this library's guarantees (None: not measured)
+    write_floor: Optional[WriteFloor] = None
 
     @property
     def baseline(self) -> RunResult:
@@ -292,6 +295,17 @@ def targets(report: WorkloadReport, best: Ideals) -> str:
         parts = [f"{run_name} {paired_ratio(run, report, chosen).text(target)}"
                  for run_name, run in by_name.items()]
         lines.append(f"- {name} {target.symbol} {target.threshold:g}: " + "; ".join(parts))
+    floor = report.write_floor
+    writes = [record.micros for host in report.baseline.hosts for record in host.records
+              if record.served == WRITE]
+    if floor is not None and writes:
+        uncached = statistics.median(writes)
+        lines.append(
+            f"- the write's floor (pkvbench/floor.py, raw drivers): NOTIFY adds "
+            f"{floor.notify_us:.0f} µs to a {floor.update_us:.0f} µs UPDATE, a durable local "
+            f"record takes {floor.record_us:.0f} µs; on this run's median uncached write "
+            f"({uncached:.0f} µs) no write keeping both can cost less than "
+            f"{floor.ratio(uncached):.2f}× it")
     return "\n".join(lines)
 
 
