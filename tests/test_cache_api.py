@@ -15,6 +15,7 @@ import peewee
 import pytest
 from freezegun import freeze_time
 
+import peewee_kvcache.cache.stampede
 import peewee_kvcache.cache.stores
 from peewee_kvcache import (CacheConfig, CachedPooledPostgresqlDatabase, CachedPostgresqlDatabase,
                             CachedResult, CachedMySQLDatabase, CachedSqliteDatabase,
@@ -594,6 +595,8 @@ def test_a_plain_result_is_encoded_by_the_writer_and_served_from_memory_meanwhil
 
     def names_scoring(at_least):
         return [u.name for u in User.select().where(User.score >= at_least).with_cache()]
+
+    monkeypatch.setattr(peewee_kvcache.cache.stampede, "GUARD_MIN_DB_MS", 1000.0)  # cheap here
 
     assert names_scoring(0) == ["alice"]                        # the shape's first miss
     assert cache.drain(10)
