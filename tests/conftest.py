@@ -54,6 +54,30 @@ def service_missing(name: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def _model_tables() -> set:
+    """The table names of every Peewee model defined so far (the tests' own, once collected)."""
+    names, pending = set(), list(peewee.Model.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
+        names.add(model._meta.table_name)
+    return names
+
+
+def _refuse_shadowing_tables(cursor: Any) -> None:
+    """Peewee 3's ``create_tables`` looks for existing tables in ``public`` whatever the
+    search_path, so a leftover ``public.item`` makes it skip creating the tests' ``item`` in
+    the run's schema and every test of it fails with "relation does not exist". Say so at once."""
+    if int(peewee.__version__.split(".")[0]) >= 4:
+        return
+    cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    shadowing = sorted({row[0] for row in cursor.fetchall()} & _model_tables())
+    if shadowing:
+        pytest.fail(f"database 'test' has tables in its public schema that Peewee 3 takes for "
+                    f"the tests' own: {shadowing}; drop them (the tests work in a schema of "
+                    f"their own)")
+
+
 @pytest.fixture(scope="session")
 def pg_schema() -> Iterator[str]:
     import psycopg2
@@ -63,6 +87,7 @@ def pg_schema() -> Iterator[str]:
         service_missing("PostgreSQL", exc)
     conn.autocommit = True
     with conn.cursor() as cur:
+        _refuse_shadowing_tables(cur)
         cur.execute(f'CREATE SCHEMA "{RUN_ID}"')
     yield RUN_ID
     with conn.cursor() as cur:
