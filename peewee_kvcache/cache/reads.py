@@ -5,9 +5,9 @@ each level asked when asking it pays for this query shape (costs.py), else strai
 database (on the level's exploring turn, the level is tried in the background: explore.py). An
 L1 entry is served only within ``l1_max_age`` of its last check against L2; one served in the
 second half of that window is queued for a batched re-check off the query path (refresh.py), and
-an older one is a miss. A lookup makes at most one L2 read. A result read
-from L2 is kept in L1 and memory. Every fault is a miss, logged and counted: the caller (a
-query) goes to the database.
+an older one is a miss. A lookup makes at most one L2 read. A result read from L2 is kept in L1
+and memory. Every fault is a miss, logged and counted: the caller (a query) goes to the
+database.
 """
 from __future__ import annotations
 

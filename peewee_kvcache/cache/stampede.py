@@ -50,8 +50,8 @@ class Stampede:
         if not self.wait_s:
             return False
         db_ms = self.costs.db_ms(shape)
-        return db_ms is None or db_ms >= max(GUARD_MIN_DB_MS, GUARD_COST_FACTOR * (self._take_ms
-                                                                  + self._release_ms))
+        lock_ms = self._take_ms + self._release_ms
+        return db_ms is None or db_ms >= max(GUARD_MIN_DB_MS, GUARD_COST_FACTOR * lock_ms)
 
     def lead(self, digest: str) -> bool:
         """Claim the right to run the query for ``digest``. True for the leader, and when L1

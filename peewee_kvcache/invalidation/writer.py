@@ -46,8 +46,8 @@ class PutTask:
 
 
 class Unordered:
-    """Work that may run before entry writes queued ahead of it (a read that only measures):
-    a batch of entry writes is gathered past it, not cut short by it."""
+    """Work that entry writes queued after it may overtake (a read that only measures): a batch
+    of entry writes is gathered past it, not cut short by it."""
 
     def __init__(self, run: Callable[[], None]):
         self._run = run
