@@ -108,6 +108,8 @@ def test_an_unknown_dialect_is_refused() -> None:
     ("SELECT $$x$$ FROM t WHERE b IN (?, ?)", "SELECT $$x$$ FROM t WHERE b IN (?, ?)"),
     ("SELECT 'open FROM t WHERE b IN (?, ?)", "SELECT 'open FROM t WHERE b IN (?, ?)"),
     ("SELECT a FROM t_in (?, ?)", "SELECT a FROM t_in (?, ?)"),
+    # a "/" and a "*" on either side of a quoted name are no comment
+    ('SELECT a/"b"*c FROM t WHERE x IN (?, ?)', 'SELECT a/"b"*c FROM t WHERE x IN (?)'),
 ])
 def test_normal_form(sql: str, normal: str) -> None:
     assert normal_form(sql) == normal

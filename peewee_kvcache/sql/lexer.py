@@ -63,9 +63,10 @@ def normal_form(sql: str) -> str:
     if any(char in sql for char in _UNSURE):
         return sql
     parts = _QUOTED.split(sql)  # even indexes are outside quotes and comments
+    outside = "\n".join(parts[0::2])
+    if any(mark in outside for mark in ("'", '"', "`", "[", "/*")):
+        return sql  # a quote or comment left open
     for i in range(0, len(parts), 2):
-        outside = parts[i]
-        if any(mark in outside for mark in ("'", '"', "`", "[", "/*")):
-            return sql  # a quote or comment left open
-        parts[i] = _IN_LIST.sub(r"\1", _ROWS.sub(r"\1", outside))
+        if "%s" in parts[i] or "?" in parts[i]:  # no list to cut where there is no placeholder
+            parts[i] = _IN_LIST.sub(r"\1", _ROWS.sub(r"\1", parts[i]))
     return "".join(parts)
