@@ -13,16 +13,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from ..core import forksafe
-from ..core.codec import CodecError
-from ..core.faults import Report
 from ..kv.base import chunked
 from ..kv.limits import BULK_GET_MAX_KEYS
 from ..l2.gateway import L2Gateway
-from ..levels.entry import Entry
-from ..levels.l1 import L1_FAULTS
 from .costs import L1, L2, CostModel
 
 #: (level, digest) -> the shape and stamp names of the miss that asked for the try
@@ -33,12 +29,10 @@ _Queued = Dict[Tuple[int, str], Tuple[Optional[Hashable], Tuple[str, ...]]]
 class Explorer:
     """Queues exploring reads and makes them in one background task per batch."""
 
-    l1: Any
     l2: L2Gateway
     costs: CostModel
-    fault: Report
-    #: whether an L1 entry would be served (unexpired, stamp current)
-    valid: Callable[[Entry[Any]], bool]
+    #: read L1 for a digest and measure it for a shape, as a miss's read would (the reader's)
+    try_l1: Callable[[str, Optional[Hashable]], None]
     #: hand work to the background writer, where it does not split a batch of entry writes
     submit: Callable[[Callable[[], None]], None]
     _queued: _Queued = field(default_factory=dict, init=False)
@@ -68,20 +62,11 @@ class Explorer:
         l2_tries: List[Tuple[str, Optional[Hashable], Tuple[str, ...]]] = []
         for (level, digest), (shape, names) in queued.items():
             if level == L1:
-                self._try_l1(digest, shape)
+                self.try_l1(digest, shape)
             else:
                 l2_tries.append((digest, shape, names))
         for chunk in chunked(l2_tries, BULK_GET_MAX_KEYS):
             self._try_l2(chunk)
-
-    def _try_l1(self, digest: str, shape: Optional[Hashable]) -> None:
-        try:
-            started = time.perf_counter()
-            entry = self.l1.get(digest)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            self.costs.read(L1, shape, elapsed_ms, entry is not None and self.valid(entry))
-        except L1_FAULTS + (CodecError,) as exc:
-            self.fault("l1_errors", "L1 read for an exploring try failed", exc)
 
     def _try_l2(self, tries: Sequence[Tuple[str, Optional[Hashable], Tuple[str, ...]]]) -> None:
         keys = [self.l2.layout.entry_key(digest, names) for digest, _, names in tries]

@@ -67,8 +67,7 @@ class Reader:
         self._l1_hints: Set[str] = set()
         self.refresher = Refresher(self.l1, self.memory, self.l2, self.fetch, self.submit,
                                    self.counters, self.fault, self.read_l1_next)
-        self.explorer = Explorer(self.l1, self.l2, self.costs, self.fault,
-                                 lambda entry: self._valid(entry, now_ms()), self.submit_unordered)
+        self.explorer = Explorer(self.l2, self.costs, self._try_l1, self.submit_unordered)
 
     def lookup(self, digest: str, names: Sequence[str], shape: Optional[Hashable] = None
                ) -> Optional[CachedResult]:
@@ -120,12 +119,8 @@ class Reader:
                 self._skip(L1, digest, names, shape)
                 return None, False
             self._l1_hints.discard(digest)
-            started = time.perf_counter()
-            entry = self.l1.get(digest)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            served = entry is not None and self._valid(entry, now)
-            self.costs.read(L1, shape, elapsed_ms, served)
-            if not served:
+            entry = self._read_l1(digest, shape, now)
+            if entry is None:
                 return None, False
             if not self._checked(digest, entry, now):
                 return None, True
@@ -136,6 +131,24 @@ class Reader:
             return None, False
         self.counters.incr("l1_hits")
         return result, False
+
+    def _read_l1(self, digest: str, shape: Optional[Hashable], now: int
+                 ) -> Optional[Entry[bytes]]:
+        """L1's entry for ``digest`` if it would be served (unexpired, stamp current); the
+        read's time and outcome feed the estimates for ``shape``."""
+        started = time.perf_counter()
+        entry = self.l1.get(digest)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        served = entry is not None and self._valid(entry, now)
+        self.costs.read(L1, shape, elapsed_ms, served)
+        return entry if served else None
+
+    def _try_l1(self, digest: str, shape: Optional[Hashable]) -> None:
+        """An exploring try of L1 (explore.py): read and measured, not served."""
+        try:
+            self._read_l1(digest, shape, now_ms())
+        except _L1_READ_FAULTS as exc:
+            self.fault("l1_errors", "L1 read for an exploring try failed", exc)
 
     def probe(self, digest: str, names: Sequence[str], shape: Optional[Hashable]
               ) -> Dict[str, Any]:
