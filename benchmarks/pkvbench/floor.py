@@ -21,13 +21,13 @@ import sqlite3
 import statistics
 import tempfile
 import threading
-import time
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Callable, List
+from typing import List
 
 import psycopg2
 
+from .timing import Variant, time_once
 from .workload import PG, PG_DATABASE
 
 SAMPLES = 300
@@ -45,12 +45,6 @@ class WriteFloor:
     def ratio(self, uncached_write_us: float) -> float:
         """The least a write of ``uncached_write_us`` costs with both, as a ratio to it."""
         return (uncached_write_us + self.notify_us + self.record_us) / uncached_write_us
-
-
-def _timed(run: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    run()
-    return (time.perf_counter() - started) * 1e6
 
 
 def _listening(stop: threading.Event) -> threading.Thread:
@@ -84,10 +78,12 @@ def write_floor(schema: str, samples: int = SAMPLES) -> WriteFloor:
                                       **PG)) as conn:
             conn.autocommit = True
             cursor = conn.cursor()
+            alone_variant = Variant("update", lambda: cursor.execute(update))
+            notified_variant = Variant("update and notify", lambda: cursor.execute(notified))
             for _ in range(samples):
-                alone = _timed(lambda: cursor.execute(update))
+                alone = time_once(alone_variant)
                 plain.append(alone)
-                extra.append(_timed(lambda: cursor.execute(notified)) - alone)
+                extra.append(time_once(notified_variant) - alone)
     finally:
         stop.set()
         listener.join(5)
@@ -110,4 +106,5 @@ def _durable_record(samples: int) -> float:
                              (os.urandom(16).hex(), 0, '["t:item"]'))
                 conn.execute("COMMIT")
 
-            return statistics.median(_timed(record) for _ in range(samples))
+            recorded = Variant("durable record", record)
+            return statistics.median(time_once(recorded) for _ in range(samples))
