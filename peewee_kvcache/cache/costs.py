@@ -95,15 +95,18 @@ class CostModel:
         database (:meth:`would_ask`), or have it tried in the background on its exploring turn.
         Without a shape (the low-level get/put API) and until the level's latency is known, it
         asks."""
-        if self.would_ask(level, shape):
-            return True
+        return self.would_ask(level, shape) or self.explores(level, shape)
+
+    def explores(self, level: int, shape: Optional[Hashable]) -> bool:
+        """For a miss that :meth:`would_ask` does not send to ``level``: whether this is the
+        level's exploring turn for ``shape`` (one in ``explore_every`` where it could pay)."""
         known = self._shapes.get(shape)
         costs = self._levels[level]
         return (known is not None and costs.ms is not None and costs.ms < known.db_ms
                 and next(costs.explored) % self._explore_every == 0)
 
     def would_ask(self, level: int, shape: Optional[Hashable]) -> bool:
-        """:meth:`ask` without its occasional exploring ask (for ``explain``)."""
+        """:meth:`ask` without its occasional exploring ask (a miss's read, and ``explain``)."""
         costs = self._levels[level]
         ms = costs.ms
         if costs.always or shape is None or ms is None:

@@ -97,7 +97,7 @@ class Reader:
         """A miss does not read ``level`` (it does not pay for ``shape``); on the level's
         exploring turn the background reads it instead (explore.py)."""
         self.counters.incr(_SKIPPED[level])
-        if self.costs.ask(level, shape):
+        if self.costs.explores(level, shape):
             self.explorer.explore(level, digest, names, shape)
 
     def local(self, digest: str, shape: Optional[Hashable] = None, names: Sequence[str] = ()
