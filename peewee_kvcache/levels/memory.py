@@ -8,8 +8,8 @@ JSON dict from one result must not change what the next caller gets.
 from __future__ import annotations
 
 import threading
-from itertools import chain
 from collections import OrderedDict
+from itertools import chain
 from typing import Optional
 
 from ..core import forksafe
