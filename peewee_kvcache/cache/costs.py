@@ -121,11 +121,11 @@ class CostModel:
              found: bool) -> None:
         """A read of ``level`` took ``elapsed_ms`` and found (or not) a usable entry."""
         costs = self._levels[level]
-        costs.ms = elapsed_ms if costs.ms is None else _average(costs.ms, elapsed_ms)
+        costs.ms = elapsed_ms if costs.ms is None else moving_average(costs.ms, elapsed_ms)
         known = self._shapes.get(shape) if shape is not None else None
         if known is not None:
             rate, hit = known.rates[level], 1.0 if found else 0.0
-            known.rates[level] = hit if rate is None else _average(rate, hit)
+            known.rates[level] = hit if rate is None else moving_average(rate, hit)
 
     def db_ran(self, shape: Optional[Hashable], elapsed_ms: float) -> None:
         """The database answered a miss of ``shape`` in ``elapsed_ms`` (rows fetched)."""
@@ -133,7 +133,7 @@ class CostModel:
             return
         known = self._shapes.get(shape)
         if known is not None:
-            known.db_ms = _average(known.db_ms, elapsed_ms)
+            known.db_ms = moving_average(known.db_ms, elapsed_ms)
             return
         if len(self._shapes) >= self._max_shapes:
             self._shapes.clear()  # a workload of ever-new texts: start learning again
@@ -152,5 +152,6 @@ class CostModel:
                                            "l2_hit_rate": known.rates[L2]}
 
 
-def _average(old: float, new: float) -> float:
+def moving_average(old: float, new: float) -> float:
+    """``old`` moved a fifth of the way to ``new``."""
     return old + _ALPHA * (new - old)

@@ -9,9 +9,9 @@ Taking and releasing the lock are two L1 writes, and a guarded miss writes its L
 cheap queries costs little. So a shape is guarded only while its measured database time is
 unknown (a cold start, where stampedes happen) or at least ``GUARD_MIN_DB_MS`` and
 ``GUARD_COST_FACTOR`` times what the lock costs here, so the guard adds at most a few percent to
-the misses it guards. The lock's cost is the cheapest take and release seen, not an average: in a
-stampede the followers' takes wait on the leader's, and an average would call the lock costly,
-and drop the guard, exactly when it is needed.
+the misses it guards. The lock's cost is averaged over the takes that won it (and the releases):
+in a stampede the followers' takes wait on the leader's, and counting them would call the lock
+costly, and drop the guard, exactly when it is needed.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..core.codec import CachedResult
 from ..core.faults import Report
 from ..core.stats import Counters
 from ..levels.l1 import L1_FAULTS
-from .costs import CostModel
+from .costs import CostModel, moving_average
 from .reads import Reader
 
 #: a query shape whose database time is at least this (ms) is worth two L1 writes to run once
@@ -42,8 +42,8 @@ class Stampede:
     counters: Counters
     fault: Report
     costs: CostModel
-    #: the cheapest taking and releasing a lock have been here (ms; 0 until measured, when a
-    #: shape is guarded more readily)
+    #: what winning and releasing a lock cost here (ms, moving averages from 0: a shape is
+    #: guarded more readily until they are known)
     _take_ms: float = field(default=0.0, init=False)
     _release_ms: float = field(default=0.0, init=False)
 
@@ -61,7 +61,9 @@ class Stampede:
         try:
             started = time.perf_counter()
             taken = bool(self.l1.entries.add("fill:" + digest, 1, expire=self.wait_s))
-            self._take_ms = _cheapest(self._take_ms, (time.perf_counter() - started) * 1000)
+            if taken:  # a follower's take waited on the leader's: not what a guard costs
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                self._take_ms = moving_average(self._take_ms, elapsed_ms)
             return taken
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 fill lock failed (this query runs unguarded)", exc)
@@ -73,7 +75,7 @@ class Stampede:
             started = time.perf_counter()
             self.l1.entries.delete("fill:" + digest)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            self._release_ms = _cheapest(self._release_ms, elapsed_ms)
+            self._release_ms = moving_average(self._release_ms, elapsed_ms)
         except L1_FAULTS as exc:
             self.fault("l1_errors", "L1 fill unlock failed (followers wait for its expiry)",
                         exc)
@@ -99,7 +101,3 @@ class Stampede:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-
-def _cheapest(known_ms: float, elapsed_ms: float) -> float:
-    """The cheaper of a cost seen so far (0: none yet) and a new measurement."""
-    return elapsed_ms if not known_ms else min(known_ms, elapsed_ms)
